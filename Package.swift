@@ -1,0 +1,92 @@
+// swift-tools-version:6.1
+// Cairn — a distributed file system. See README.md and ../shared/DESIGN.md.
+import PackageDescription
+
+/// One set of Swift settings for every Swift target (as grpc-swift-2 does).
+let swiftSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "cairn",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cairn", targets: ["cairn"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+    ],
+    targets: [
+        // C modules: each C library is wrapped once.
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .target(name: "CCairnLinux"),
+
+        // Shared value types, limits, errors, hashing and checksums.
+        .target(
+            name: "CairnCore",
+            dependencies: ["CCrypto", "CCairnLinux"],
+            swiftSettings: swiftSettings
+        ),
+        // The on-disk, content-addressed chunk store (blocking I/O; callers choose the thread).
+        .target(
+            name: "ChunkStore",
+            dependencies: [
+                "CairnCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The chunk data protocol: frames, protobuf headers, a client.
+        .target(
+            name: "ChunkProtocol",
+            dependencies: [
+                "CairnCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The `cairn chunkserver` daemon: serves a ChunkStore over ChunkProtocol, scrubs it.
+        .target(
+            name: "ChunkServer",
+            dependencies: [
+                "CairnCore", "ChunkStore", "ChunkProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "cairn",
+            dependencies: [
+                "CairnCore", "ChunkStore", "ChunkProtocol", "ChunkServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "ChunkStoreTests",
+            dependencies: ["ChunkStore", "CairnCore", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ChunkServerTests",
+            dependencies: ["ChunkServer", "ChunkProtocol", "ChunkStore", "CairnCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

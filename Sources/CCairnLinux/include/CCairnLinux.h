@@ -1,0 +1,14 @@
+// Linux-only C kept in one prefixed shim (as swift-nio's CNIOLinux does).
+#ifndef CAIRN_CCAIRNLINUX_H
+#define CAIRN_CCAIRNLINUX_H
+#include <stddef.h>
+#include <stdint.h>
+
+/// CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), continuing from `crc`
+/// (pass 0 to start). Uses the SSE4.2 `crc32` instruction where the CPU has it,
+/// a slicing-by-8 table otherwise. Standard check value: crc32c("123456789") = 0xE3069283.
+uint32_t cairn_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/// 1 when cairn_crc32c runs on hardware, 0 on the table fallback.
+int cairn_crc32c_is_hardware(void);
+#endif
