@@ -13,6 +13,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "cairn", targets: ["cairn"]),
+        .executable(name: "cairn-sim", targets: ["cairn-sim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -77,6 +78,25 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // Raft: the pure consensus core (no I/O, no clock, no threads, no global randomness) ...
+        .target(name: "RaftCore", swiftSettings: swiftSettings),
+        // ... and the deterministic simulator that tries to break it (test support, used by `tools/simulate`).
+        .target(name: "RaftSimulation", dependencies: ["RaftCore"], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "cairn-sim",
+            dependencies: [
+                "RaftSimulation",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        .testTarget(
+            name: "RaftCoreTests",
+            dependencies: ["RaftCore", "RaftSimulation"],
+            resources: [.copy("testdata")],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChunkStoreTests",
