@@ -82,6 +82,16 @@ let package = Package(
         .target(name: "RaftCore", swiftSettings: swiftSettings),
         // ... and the deterministic simulator that tries to break it (test support, used by `tools/simulate`).
         .target(name: "RaftSimulation", dependencies: ["RaftCore"], swiftSettings: swiftSettings),
+        // The Raft runtime: write-ahead log, snapshot files, the driver and its transport.
+        .target(
+            name: "RaftRuntime",
+            dependencies: [
+                "RaftCore", "CairnCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "cairn-sim",
             dependencies: [
@@ -95,6 +105,14 @@ let package = Package(
             name: "RaftCoreTests",
             dependencies: ["RaftCore", "RaftSimulation"],
             resources: [.copy("testdata")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RaftRuntimeTests",
+            dependencies: [
+                "RaftRuntime", "RaftCore", "CairnCore", "CairnTestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
