@@ -30,7 +30,7 @@ let package = Package(
         // Shared value types, limits, errors, hashing and checksums.
         .target(
             name: "CairnCore",
-            dependencies: ["CCrypto", "CCairnLinux"],
+            dependencies: ["CCrypto", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // The on-disk, content-addressed chunk store (blocking I/O; callers choose the thread).
