@@ -66,6 +66,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What integration tests share: temp directories, real daemon processes, seeded bytes.
+        .target(
+            name: "CairnTestSupport",
+            dependencies: [
+                "CairnCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         .executableTarget(
             name: "cairn",
             dependencies: [
@@ -80,12 +91,17 @@ let package = Package(
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChunkStoreTests",
-            dependencies: ["ChunkStore", "CairnCore", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["ChunkStore", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ChunkServerTests",
-            dependencies: ["ChunkServer", "ChunkProtocol", "ChunkStore", "CairnCore"],
+            dependencies: [
+                "ChunkServer", "ChunkProtocol", "ChunkStore", "CairnCore", "CairnTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,4 +1,5 @@
 import CairnCore
+import CairnTestSupport
 import SystemPackage
 import Testing
 @testable import ChunkStore
@@ -310,17 +311,5 @@ import Testing
             let junk = (0..<Int(random.next() % 80)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
             #expect(BlockChecksums(decoding: junk, blockBytesMax: 1 << 22, chunkBytesMax: 1 << 22) == nil)
         }
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
