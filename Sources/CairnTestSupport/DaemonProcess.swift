@@ -122,3 +122,29 @@ public func runCommand(_ executable: String, _ arguments: [String]) throws -> In
     process.waitUntilExit()
     return process.terminationStatus
 }
+
+/// Runs `cairn ARGUMENTS…` to completion and captures its output.
+public func runCairn(_ arguments: [String], logs: borrowing TestDirectory) throws -> (status: Int32, stdout: String, stderr: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try cairnExecutable())
+    process.arguments = arguments
+    let out = logs.path.appending("run-\(UInt64.random(in: 0...UInt64.max)).out").string
+    let err = out + ".err"
+    FileManager.default.createFile(atPath: out, contents: nil)
+    FileManager.default.createFile(atPath: err, contents: nil)
+    process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+    process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+    try process.run()
+    process.waitUntilExit()
+    return (process.terminationStatus,
+            (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+            (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+}
+
+/// The whole contents of a file.
+public func testFileBytes(_ path: String) throws -> [UInt8] {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw CairnError(.notFound, "cannot read \(path)")
+    }
+    return [UInt8](data)
+}
