@@ -14,6 +14,7 @@ let package = Package(
     products: [
         .executable(name: "cairn", targets: ["cairn"]),
         .executable(name: "cairn-sim", targets: ["cairn-sim"]),
+        .executable(name: "cairn-bench", targets: ["cairn-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -31,7 +32,7 @@ let package = Package(
         // Shared value types, limits, errors, hashing and checksums.
         .target(
             name: "CairnCore",
-            dependencies: ["CCrypto", "CCairnLinux"],
+            dependencies: ["CCrypto", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         // The on-disk, content-addressed chunk store (blocking I/O; callers choose the thread).
@@ -67,6 +68,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What integration tests share: temp directories, real daemon processes, seeded bytes.
+        .target(
+            name: "CairnTestSupport",
+            dependencies: [
+                "CairnCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         .executableTarget(
             name: "cairn",
             dependencies: [
@@ -100,6 +112,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Micro-benchmarks driven by tools/bench (not part of the test run).
+        .executableTarget(
+            name: "cairn-bench",
+            dependencies: [
+                "CairnCore", "ChunkProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
 
         .testTarget(
             name: "RaftCoreTests",
@@ -118,12 +140,17 @@ let package = Package(
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChunkStoreTests",
-            dependencies: ["ChunkStore", "CairnCore", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["ChunkStore", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ChunkServerTests",
-            dependencies: ["ChunkServer", "ChunkProtocol", "ChunkStore", "CairnCore"],
+            dependencies: [
+                "ChunkServer", "ChunkProtocol", "ChunkStore", "CairnCore", "CairnTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

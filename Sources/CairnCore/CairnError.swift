@@ -50,3 +50,16 @@ public struct CairnError: Error, Sendable, Equatable, CustomStringConvertible {
         return "\(code): \(message)"
     }
 }
+
+/// Runs `body`, which only throws `CairnError` but through an untyped-`rethrows` API
+/// (`Array.withUnsafeBytes` and friends), and gives its error back its type.
+@inlinable
+public func typedCairnErrors<T>(_ body: () throws -> T) throws(CairnError) -> T {
+    do {
+        return try body()
+    } catch let error as CairnError {
+        throw error
+    } catch {
+        throw CairnError(.internal, "unexpected error", cause: error)
+    }
+}

@@ -9,8 +9,9 @@ public struct ChunkLimits: Sendable, Equatable {
     public var frameHeaderBytesMax: Int = 64 << 10
     /// Puts and gets served at once by one chunkserver (each holds up to one chunk in memory).
     public var transfersMax: Int = 32
-    /// Requests one connection may have queued before the server stops reading from it.
-    public var connectionRequestsInflightMax: Int = 8
+    /// Frame parts (headers and body parts of at most 1 MiB) one connection may have queued
+    /// before the server stops reading from it.
+    public var connectionPartsBufferedMax: Int = 8
     /// Open connections one chunkserver accepts.
     public var connectionsMax: Int = 256
     /// IDs in one has/delete batch.
@@ -30,8 +31,8 @@ public struct ChunkLimits: Sendable, Equatable {
                   "checksumBlockBytes must be in 4 KiB...chunkBytesMax")
         try check(frameHeaderBytesMax >= 1024 && frameHeaderBytesMax <= 16 << 20, "frameHeaderBytesMax must be in 1 KiB...16 MiB")
         try check(transfersMax > 0 && transfersMax <= 4096, "transfersMax must be in 1...4096")
-        try check(connectionRequestsInflightMax > 0 && connectionRequestsInflightMax <= 1024,
-                  "connectionRequestsInflightMax must be in 1...1024")
+        try check(connectionPartsBufferedMax > 0 && connectionPartsBufferedMax <= 1024,
+                  "connectionPartsBufferedMax must be in 1...1024")
         try check(connectionsMax > 0, "connectionsMax must be positive")
         try check(batchIDsMax > 0 && batchIDsMax * ChunkID.byteCount * 2 <= frameHeaderBytesMax * 4,
                   "batchIDsMax must fit in a frame header")

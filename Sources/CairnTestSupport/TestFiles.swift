@@ -1,0 +1,105 @@
+import CairnCore
+import Logging
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A fresh directory under /tmp for one test, removed when the test ends.
+public struct TestDirectory: ~Copyable {
+    public let path: FilePath
+
+    public init(_ name: String = "store") {
+        var template = Array("/tmp/cairn-test-\(name)-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        precondition(made != nil, "mkdtemp failed")
+        path = FilePath(String(cString: template))
+    }
+
+    deinit { removeTree(path) }
+
+    /// Files in a subdirectory (e.g. "tmp"), sorted; empty if it does not exist.
+    public func entries(_ subdirectory: String) -> [String] {
+        (try? FileSystemCalls.directoryEntries(path.appending(subdirectory))) ?? []
+    }
+}
+
+public func removeTree(_ path: FilePath) {
+    guard let status = try? FileSystemCalls.status(path) else { return }
+    if status.isDirectory {
+        for name in (try? FileSystemCalls.directoryEntries(path)) ?? [] { removeTree(path.appending(name)) }
+        _ = path.withPlatformString { rmdir($0) }
+    } else {
+        _ = try? FileSystemCalls.unlink(path)
+    }
+}
+
+/// Deterministic pseudo-random bytes (SplitMix64), so failures reproduce.
+public func testBytes(count: Int, seed: UInt64) -> [UInt8] {
+    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    var out = [UInt8]()
+    out.reserveCapacity(count + 8)
+    while out.count < count {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        z ^= z >> 31
+        withUnsafeBytes(of: z) { out.append(contentsOf: $0) }
+    }
+    return Array(out.prefix(count))
+}
+
+public func quietLogger() -> Logger {
+    var logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+    logger.logLevel = .critical
+    return logger
+}
+
+/// Flips one bit of the byte at `offset` of a file, in place.
+public func flipByte(in path: FilePath, at offset: Int64) throws {
+    let fd = try FileDescriptor.open(path, .readWrite)
+    defer { try? fd.close() }
+    var byte: UInt8 = 0
+    _ = try withUnsafeMutableBytes(of: &byte) { try fd.read(fromAbsoluteOffset: offset, into: $0) }
+    byte ^= 0x10
+    _ = try withUnsafeBytes(of: &byte) { try fd.write(toAbsoluteOffset: offset, $0) }
+}
+
+/// SplitMix64: a tiny seeded generator for test data and random test schedules.
+public struct SplitMix: RandomNumberGenerator {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Waits until `condition` holds, polling every 20 ms; false if `timeout` passes first.
+public func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// The code of the `CairnError` that `body` throws; nil if it succeeds, `.internal` for any
+/// other error. For `#expect(await errorCode { … } == .notFound)`.
+public func errorCode(_ body: () async throws -> Void) async -> CairnError.Code? {
+    do {
+        try await body()
+        return nil
+    } catch let error as CairnError {
+        return error.code
+    } catch {
+        return .internal
+    }
+}

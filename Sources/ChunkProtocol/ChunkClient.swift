@@ -1,0 +1,250 @@
+import CairnCore
+import NIOCore
+import NIOPosix
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// A connection to one chunkserver's data port.
+///
+/// Requests may be issued concurrently from many tasks: they are pipelined on the one
+/// connection (at most `requestsInflightMax` outstanding; further callers wait) and matched to
+/// responses by request ID. Every method throws `CairnError`: the server's error as sent, or
+/// `.unavailable` when the connection fails, in which case every outstanding request fails.
+public final class ChunkClient: Sendable {
+    public let server: HostPort
+    private let channel: any Channel
+    private let handler: NIOLoopBound<ResponseHandler>
+    private let inflight: AsyncSemaphore
+    private let nextRequestID = Atomic<UInt64>(1)
+
+    /// Requests outstanding on one connection before callers wait.
+    public static let requestsInflightMaxDefault = 16
+
+    private init(server: HostPort, channel: any Channel, handler: NIOLoopBound<ResponseHandler>, requestsInflightMax: Int) {
+        self.server = server
+        self.channel = channel
+        self.handler = handler
+        self.inflight = AsyncSemaphore(limit: requestsInflightMax)
+    }
+
+    /// Connects to `server`.
+    /// - Throws: `.unavailable` if the connection cannot be made within `connectTimeout`.
+    public static func connect(to server: HostPort, limits: ChunkLimits = ChunkLimits(),
+                               requestsInflightMax: Int = requestsInflightMaxDefault,
+                               connectTimeout: Duration = .seconds(5),
+                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws(CairnError) -> ChunkClient {
+        do {
+            let channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000 + connectTimeout.components.attoseconds / 1_000_000_000))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(expecting: .response, limits: limits)))
+                        try channel.pipeline.syncOperations.addHandler(FrameEncoder())
+                        try channel.pipeline.syncOperations.addHandler(ResponseHandler())
+                    }
+                }
+                .connect(host: server.host, port: server.port).get()
+            let handler = try await channel.eventLoop.submit {
+                NIOLoopBound(try channel.pipeline.syncOperations.handler(type: ResponseHandler.self), eventLoop: channel.eventLoop)
+            }.get()
+            return ChunkClient(server: server, channel: channel, handler: handler, requestsInflightMax: requestsInflightMax)
+        } catch {
+            throw CairnError(.unavailable, "cannot connect to chunkserver \(server)", cause: error)
+        }
+    }
+
+    /// Closes the connection; outstanding requests fail with `.unavailable`.
+    public func close() async {
+        try? await channel.close()
+    }
+
+    /// Sends one request and waits for its response. The response's error is thrown.
+    public func call(_ request: ChunkRequest, body: ByteBuffer? = nil) async throws(CairnError) -> (ChunkResponse, ByteBuffer?) {
+        do {
+            try await inflight.acquire()
+        } catch {
+            throw CairnError(.unavailable, "cancelled while waiting to send", cause: error)
+        }
+        defer { inflight.release() }
+        let header: [UInt8]
+        do {
+            header = try request.serializedBytes()
+        } catch {
+            throw CairnError(.invalidArgument, "cannot encode request", cause: error)
+        }
+        let requestID = nextRequestID.add(1, ordering: .relaxed).oldValue
+        let promise = channel.eventLoop.makePromise(of: (ChunkResponse, ByteBuffer?).self)
+        let frame = OutboundFrame(kind: .request, requestID: requestID, header: header, body: body)
+        let handler = self.handler
+        let channel = self.channel
+        channel.eventLoop.execute {
+            handler.value.register(requestID, promise)
+            channel.writeAndFlush(frame).whenFailure { error in
+                handler.value.fail(requestID, CairnError(.unavailable, "cannot send to chunkserver", cause: error))
+            }
+        }
+        let result: (ChunkResponse, ByteBuffer?)
+        do {
+            result = try await promise.futureResult.get()
+        } catch let error as CairnError {
+            throw error
+        } catch {
+            throw CairnError(.unavailable, "chunkserver \(server) failed", cause: error)
+        }
+        if let error = result.0.error { throw error }
+        return result
+    }
+
+    // MARK: Operations
+
+    /// Stores a chunk. Returns true if it was already stored.
+    /// - Throws: `.hashMismatch`, `.tooLarge`, `.insufficientSpace`, `.io`, `.unavailable`.
+    @discardableResult
+    public func put(_ id: ChunkID, bytes: ByteBuffer) async throws(CairnError) -> Bool {
+        var request = ChunkRequest()
+        request.put.id = id.field
+        return try await call(request, body: bytes).0.put.alreadyPresent
+    }
+
+    /// Reads a whole chunk (the server re-hashes it) and verifies it again here before
+    /// returning: no byte that does not hash to `id` is ever handed back.
+    /// - Throws: `.notFound`, `.corrupt`, `.io`, `.unavailable`.
+    public func get(_ id: ChunkID) async throws(CairnError) -> ByteBuffer {
+        var request = ChunkRequest()
+        request.get.id = id.field
+        let (_, body) = try await call(request)
+        let bytes = body ?? ByteBuffer()
+        let actual = bytes.withUnsafeReadableBytes { SHA256.hash($0) }
+        guard actual == id else {
+            throw CairnError(.corrupt, "chunkserver \(server) returned bytes hashing to \(actual) for \(id)")
+        }
+        return bytes
+    }
+
+    /// Reads `length` bytes at `offset` (length nil: to the end), checked by the server
+    /// against the chunk's block checksums. Returns the bytes and the chunk's length.
+    public func read(_ id: ChunkID, offset: Int, length: Int?) async throws(CairnError) -> (bytes: ByteBuffer, chunkLength: Int) {
+        guard offset >= 0, (length ?? 1) > 0 else { throw CairnError(.invalidArgument, "bad range \(offset)+\(length ?? -1)") }
+        var request = ChunkRequest()
+        request.get.id = id.field
+        request.get.offset = UInt64(offset)
+        request.get.length = UInt64(length ?? 0)
+        if offset == 0 && length == nil {
+            let bytes = try await get(id)
+            return (bytes, bytes.readableBytes)
+        }
+        let (response, body) = try await call(request)
+        return (body ?? ByteBuffer(), Int(response.get.chunkLength))
+    }
+
+    public func has(_ ids: [ChunkID]) async throws(CairnError) -> [Bool] {
+        var request = ChunkRequest()
+        request.has.ids = ids.map(\.field)
+        let present = try await call(request).0.has.present
+        guard present.count == ids.count else { throw CairnError(.internal, "has answered \(present.count) of \(ids.count)") }
+        return present
+    }
+
+    /// Deletes chunks; returns which existed.
+    @discardableResult
+    public func delete(_ ids: [ChunkID]) async throws(CairnError) -> [Bool] {
+        var request = ChunkRequest()
+        request.delete.ids = ids.map(\.field)
+        return try await call(request).0.delete.existed
+    }
+
+    /// One page of the chunks after `after`.
+    public func list(after: ChunkID?, limit: Int = 0) async throws(CairnError) -> (entries: [Cairn_Chunk_V1_ChunkEntry], more: Bool) {
+        var request = ChunkRequest()
+        request.list.after = after?.field ?? Data()
+        request.list.limit = UInt32(clamping: limit)
+        let list = try await call(request).0.list
+        return (list.entries, list.more)
+    }
+
+    public func stat() async throws(CairnError) -> Cairn_Chunk_V1_StatResult {
+        var request = ChunkRequest()
+        request.stat = Cairn_Chunk_V1_StatRequest()
+        return try await call(request).0.stat
+    }
+
+    /// Asks the server to re-hash a chunk now. Returns its size.
+    /// - Throws: `.corrupt` (quarantined on the server), `.notFound`.
+    public func verify(_ id: ChunkID) async throws(CairnError) -> Int {
+        var request = ChunkRequest()
+        request.verify.id = id.field
+        return Int(try await call(request).0.verify.sizeBytes)
+    }
+}
+
+/// Matches response frames to waiting requests. Lives on the channel's event loop.
+final class ResponseHandler: ChannelInboundHandler {
+    typealias InboundIn = FramePart
+
+    private var waiting: [UInt64: EventLoopPromise<(ChunkResponse, ByteBuffer?)>] = [:]
+    private var current: (requestID: UInt64, response: ChunkResponse, body: ByteBuffer?)?
+    private var failure: CairnError?
+
+    func register(_ requestID: UInt64, _ promise: EventLoopPromise<(ChunkResponse, ByteBuffer?)>) {
+        if let failure {
+            promise.fail(failure)
+            return
+        }
+        waiting[requestID] = promise
+    }
+
+    func fail(_ requestID: UInt64, _ error: CairnError) {
+        waiting.removeValue(forKey: requestID)?.fail(error)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let preamble, let header):
+            do {
+                let response = try ChunkResponse(serializedBytes: Array(header.readableBytesView))
+                current = (preamble.requestID, response, nil)
+            } catch {
+                failAll(context: context, CairnError(.protocolViolation, "malformed response header", cause: error))
+            }
+        case .body(var part):
+            guard current != nil else { return }
+            if current!.body == nil {
+                current!.body = part
+            } else {
+                current!.body!.writeBuffer(&part)
+            }
+        case .end:
+            guard let done = current else { return }
+            current = nil
+            if done.requestID == 0, let error = done.response.error {
+                // The server closes after an error it cannot tie to a request.
+                failAll(context: context, error)
+                return
+            }
+            waiting.removeValue(forKey: done.requestID)?.succeed((done.response, done.body))
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        failAll(context: context, CairnError(.unavailable, "chunk connection failed", cause: error))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        failAll(context: context, CairnError(.unavailable, "chunk connection closed"))
+        context.fireChannelInactive()
+    }
+
+    private func failAll(context: ChannelHandlerContext, _ error: CairnError) {
+        if failure == nil { failure = error }
+        let pending = waiting
+        waiting.removeAll()
+        for id in pending.keys.sorted() { pending[id]!.fail(error) }
+        context.close(promise: nil)
+    }
+}

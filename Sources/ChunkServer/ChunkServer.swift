@@ -1,0 +1,338 @@
+import CairnCore
+import ChunkProtocol
+import ChunkStore
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+
+/// The `cairn chunkserver` daemon: serves one `ChunkStore` on the chunk data protocol and
+/// scrubs it in the background.
+///
+/// Each connection is served in its own task; its requests are handled in order (clients
+/// pipeline by sending ahead), with bounded buffering: when a connection has
+/// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it. At most
+/// `transfersMax` puts and gets run at once across all connections.
+public final class ChunkServer: Service, Sendable {
+    public let configuration: ChunkServerConfiguration
+    public let store: ChunkStore
+    private let logger: Logger
+    private let threadPool: NIOThreadPool
+    private let scrubber: Scrubber?
+    private let transfers: AsyncSemaphore
+    private let state = Mutex(State())
+    private let bound: AsyncStream<SocketAddress>
+    private let boundContinuation: AsyncStream<SocketAddress>.Continuation
+
+    private struct State {
+        var serverChannel: (any Channel)?
+        var connections: [ObjectIdentifier: any Channel] = [:]
+        var shuttingDown = false
+    }
+
+    /// Opens the store (cleaning leftover temp files) and prepares the server; `run()` serves.
+    ///
+    /// - Throws: `CairnError` for a bad configuration or a store that cannot be opened.
+    public init(configuration: ChunkServerConfiguration, logger: Logger) throws(CairnError) {
+        try configuration.validate()
+        self.configuration = configuration
+        self.logger = logger
+        self.store = try ChunkStore(configuration: configuration.store, logger: logger)
+        self.threadPool = NIOThreadPool(numberOfThreads: configuration.ioThreads)
+        self.transfers = AsyncSemaphore(limit: configuration.store.limits.transfersMax)
+        if configuration.scrubBytesPerSecond > 0 {
+            scrubber = Scrubber(store: store, threadPool: threadPool, bytesPerSecond: configuration.scrubBytesPerSecond,
+                                passInterval: configuration.scrubPassInterval, logger: logger)
+        } else {
+            scrubber = nil
+        }
+        (bound, boundContinuation) = AsyncStream.makeStream(of: SocketAddress.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// The address the data port is bound to, once `run()` has bound it.
+    public func boundAddress() async -> SocketAddress? {
+        for await address in bound { return address }
+        return nil
+    }
+
+    public var scrubStats: ScrubStats { scrubber?.stats ?? ScrubStats() }
+
+    /// Serves until graceful shutdown (SIGTERM/SIGINT through a `ServiceGroup`) or cancellation.
+    /// On shutdown it stops accepting, lets each connection finish the request it is on, and
+    /// closes.
+    ///
+    /// - Throws: `CairnError.unavailable` when the port cannot be bound.
+    public func run() async throws {
+        threadPool.start()
+        defer { threadPool.shutdownGracefully { _ in } }
+        let limits = configuration.store.limits
+        let serverChannel: NIOAsyncChannel<NIOAsyncChannel<FramePart, OutboundFrame>, Never>
+        do {
+            serverChannel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 4)
+                // A client that half-closes after pipelining its requests still gets every answer.
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .bind(host: configuration.listen.host, port: configuration.listen.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(FrameDecoder(expecting: .request, limits: limits)))
+                        try channel.pipeline.syncOperations.addHandler(FrameEncoder())
+                        return try NIOAsyncChannel<FramePart, OutboundFrame>(
+                            wrappingChannelSynchronously: channel,
+                            configuration: .init(backPressureStrategy: .init(lowWatermark: 1, highWatermark: limits.connectionPartsBufferedMax)))
+                    }
+                }
+        } catch {
+            throw CairnError(.unavailable, "cannot listen on \(configuration.listen)", cause: error)
+        }
+        let channel = serverChannel.channel
+        let alreadyStopping = state.withLock { s -> Bool in
+            s.serverChannel = channel
+            return s.shuttingDown
+        }
+        if alreadyStopping { channel.close(promise: nil) }
+        if let address = channel.localAddress { boundContinuation.yield(address) }
+        boundContinuation.finish()
+        logger.info("chunkserver listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
+                                                        "data": "\(configuration.store.directory)"])
+
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                if let scrubber {
+                    group.addTask { try await scrubber.run() }
+                }
+                try await serverChannel.executeThenClose { inbound in
+                    for try await connection in inbound {
+                        let admitted = self.state.withLock { s -> Bool in
+                            guard !s.shuttingDown, s.connections.count < limits.connectionsMax else { return false }
+                            s.connections[ObjectIdentifier(connection.channel)] = connection.channel
+                            return true
+                        }
+                        guard admitted else {
+                            self.logger.warning("refusing connection: connectionsMax reached or shutting down")
+                            connection.channel.close(promise: nil)
+                            continue
+                        }
+                        group.addTask {
+                            await self.serve(connection)
+                            _ = self.state.withLock { $0.connections.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+                        }
+                    }
+                }
+                // Accepting has stopped: stop the scrubber too; connections drain on their own.
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.shutDown()
+        }
+        logger.info("chunkserver stopped")
+    }
+
+    /// Stops accepting and half-closes every connection's input: each finishes what it has
+    /// read, answers, and closes.
+    public func shutDown() {
+        let (server, connections) = state.withLock { s in
+            s.shuttingDown = true
+            return (s.serverChannel, Array(s.connections.values))
+        }
+        server?.close(promise: nil)
+        for connection in connections { connection.close(mode: .input, promise: nil) }
+    }
+
+    // MARK: One connection
+
+    private func serve(_ connection: NIOAsyncChannel<FramePart, OutboundFrame>) async {
+        let peer = connection.channel.remoteAddress.map { "\($0)" } ?? "?"
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var parts = inbound.makeAsyncIterator()
+                while true {
+                    let part: FramePart?
+                    do {
+                        part = try await parts.next()
+                    } catch let error as CairnError {
+                        // A framing error: say why, then close.
+                        self.logger.warning("closing connection after a protocol violation", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                        try? await outbound.write(OutboundFrame(kind: .response, requestID: 0, header: try ChunkResponse(error: error).serializedBytes()))
+                        return
+                    }
+                    guard let part else { return }
+                    guard case .head(let preamble, let header) = part else {
+                        preconditionFailure("frame decoder yielded a body part outside a frame")
+                    }
+                    let (response, body) = await self.handle(preamble: preamble, header: header, parts: &parts)
+                    let headerBytes: [UInt8] = try response.serializedBytes()
+                    try await outbound.write(OutboundFrame(kind: .response, requestID: preamble.requestID, header: headerBytes, body: body))
+                }
+            }
+        } catch {
+            logger.debug("connection ended", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// Reads the body parts of the current frame through `.end` (bounded by the frame's body length).
+    private func drainBody(_ parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws {
+        while let part = try await parts.next() {
+            if case .end = part { return }
+        }
+        throw CairnError(.protocolViolation, "connection closed in the middle of a frame")
+    }
+
+    private func handle(preamble: FramePreamble, header: ByteBuffer,
+                        parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async -> (ChunkResponse, ByteBuffer?) {
+        do {
+            let request: ChunkRequest
+            do {
+                request = try ChunkRequest(serializedBytes: Array(header.readableBytesView))
+            } catch {
+                try await drainBody(&parts)
+                throw CairnError(.invalidArgument, "malformed request header", cause: error)
+            }
+            if case .put(let put) = request.op {
+                return (try await self.put(put, length: preamble.bodyLength, parts: &parts), nil)
+            }
+            if preamble.bodyLength > 0 {
+                try await drainBody(&parts)
+                throw CairnError(.invalidArgument, "only a put carries a body")
+            }
+            try await drainBody(&parts)
+            return try await handleControl(request)
+        } catch let error as CairnError {
+            return (ChunkResponse(error: error), nil)
+        } catch {
+            return (ChunkResponse(error: CairnError(.internal, "request failed", cause: error)), nil)
+        }
+    }
+
+    private func put(_ request: Cairn_Chunk_V1_PutRequest, length: Int,
+                     parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws -> ChunkResponse {
+        let id: ChunkID
+        do {
+            id = try ChunkID(field: request.id)
+        } catch {
+            try await drainBody(&parts)
+            throw error
+        }
+        try await transfers.acquire()
+        defer { transfers.release() }
+        let session: PutSession
+        do {
+            session = try await threadPool.runIfActive { [store] in try store.beginPut(id: id, length: length) }
+        } catch {
+            try await drainBody(&parts)
+            throw error
+        }
+        var failure: (any Error)? = nil
+        while let part = try await parts.next() {
+            switch part {
+            case .body(let bytes):
+                guard failure == nil else { continue }  // keep draining after a write error
+                do {
+                    try await threadPool.runIfActive { try bytes.withUnsafeReadableBytes { (raw) throws(CairnError) in try session.append(raw) } }
+                } catch {
+                    failure = error
+                }
+            case .end:
+                if let failure { throw failure }
+                let outcome = try await threadPool.runIfActive { try session.commit() }
+                var response = ChunkResponse()
+                response.put.alreadyPresent = outcome == .alreadyPresent
+                return response
+            case .head:
+                preconditionFailure("frame decoder yielded a head inside a frame")
+            }
+        }
+        // The peer went away mid-chunk: the session's temp file is removed as it is dropped.
+        session.abort()
+        throw CairnError(.protocolViolation, "connection closed in the middle of a put")
+    }
+
+    private func handleControl(_ request: ChunkRequest) async throws -> (ChunkResponse, ByteBuffer?) {
+        var response = ChunkResponse()
+        let store = self.store
+        switch request.op {
+        case .get(let get):
+            let id = try ChunkID(field: get.id)
+            try await transfers.acquire()
+            defer { transfers.release() }
+            let whole = get.offset == 0 && get.length == 0
+            guard get.offset <= UInt64(Int.max), get.length <= UInt64(configuration.store.limits.chunkBytesMax) else {
+                throw CairnError(.invalidArgument, "range \(get.offset)+\(get.length) is out of bounds")
+            }
+            let (bytes, chunkLength) = try await threadPool.runIfActive { () throws -> ([UInt8], Int) in
+                if whole {
+                    let bytes = try store.get(id)
+                    return (bytes, bytes.count)
+                }
+                let read = try store.read(id, offset: Int(get.offset), length: get.length == 0 ? nil : Int(get.length))
+                return (read.bytes, read.chunkLength)
+            }
+            response.get.chunkLength = UInt64(chunkLength)
+            response.get.offset = get.offset
+            return (response, ByteBuffer(bytes: bytes))
+        case .has(let has):
+            guard has.ids.count <= configuration.store.limits.batchIDsMax else {
+                throw CairnError(.tooLarge, "has of \(has.ids.count) IDs exceeds batchIDsMax \(configuration.store.limits.batchIDsMax)")
+            }
+            let ids = try has.ids.map { (field) throws(CairnError) in try ChunkID(field: field) }
+            response.has.present = try await threadPool.runIfActive { store.has(ids) }
+        case .delete(let delete):
+            guard delete.ids.count <= configuration.store.limits.batchIDsMax else {
+                throw CairnError(.tooLarge, "delete of \(delete.ids.count) IDs exceeds batchIDsMax")
+            }
+            let ids = try delete.ids.map { (field) throws(CairnError) in try ChunkID(field: field) }
+            response.delete.existed = try await threadPool.runIfActive { try ids.map { (id) throws(CairnError) in try store.delete(id) } }
+            logger.info("deleted chunks", metadata: ["requested": "\(ids.count)", "existed": "\(response.delete.existed.filter { $0 }.count)"])
+        case .list(let list):
+            let after = list.after.isEmpty ? nil : try ChunkID(field: list.after, name: "after")
+            let limit = list.limit == 0 ? configuration.store.limits.listPageEntriesMax : Int(min(list.limit, UInt32(Int32.max)))
+            let page = try await threadPool.runIfActive { try store.list(after: after, limit: limit) }
+            response.list.more = page.more
+            response.list.entries = page.entries.map { info in
+                var entry = Cairn_Chunk_V1_ChunkEntry()
+                entry.id = info.id.field
+                entry.sizeBytes = UInt64(info.sizeBytes)
+                entry.storedAtNs = info.storedAtNanoseconds
+                return entry
+            }
+        case .stat:
+            let stats = try await threadPool.runIfActive { try store.stats() }
+            let scrub = scrubStats
+            response.stat.capacityBytes = stats.capacityBytes
+            response.stat.availableBytes = stats.availableBytes
+            response.stat.reserveBytes = stats.reserveBytes
+            response.stat.usedBytes = stats.usedBytes
+            response.stat.chunkCount = stats.chunkCount
+            response.stat.quarantinedTotal = stats.quarantinedTotal
+            response.stat.rejectedPutTotal = stats.rejectedPutTotal
+            response.stat.corruptReadTotal = stats.corruptReadTotal
+            response.stat.scrubPassesTotal = scrub.passesTotal
+            response.stat.scrubbedChunksTotal = scrub.chunksTotal
+            response.stat.scrubbedBytesTotal = scrub.bytesTotal
+            response.stat.scrubCorruptTotal = scrub.corruptTotal
+            response.stat.chunkBytesMax = Int64(configuration.store.limits.chunkBytesMax)
+        case .verify(let verify):
+            let id = try ChunkID(field: verify.id)
+            try await transfers.acquire()
+            defer { transfers.release() }
+            let size = try await threadPool.runIfActive { try store.verify(id) }
+            response.verify.ok = true
+            response.verify.sizeBytes = UInt64(size)
+        case .put:
+            preconditionFailure("puts are handled before control requests")
+        case nil:
+            throw CairnError(.invalidArgument, "request names no operation")
+        }
+        return (response, nil)
+    }
+}

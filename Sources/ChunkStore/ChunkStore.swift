@@ -1,0 +1,599 @@
+import CairnCore
+import Logging
+import Synchronization
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One stored chunk as `list` reports it.
+public struct ChunkInfo: Sendable, Equatable {
+    public var id: ChunkID
+    public var sizeBytes: Int64
+    /// When the chunk was stored (the file's modification time), nanoseconds since the epoch.
+    public var storedAtNanoseconds: Int64
+
+    public init(id: ChunkID, sizeBytes: Int64, storedAtNanoseconds: Int64) {
+        self.id = id
+        self.sizeBytes = sizeBytes
+        self.storedAtNanoseconds = storedAtNanoseconds
+    }
+}
+
+/// What a store holds and has seen, for `stat` and for the metadata service's heartbeats.
+public struct ChunkStoreStats: Sendable, Equatable {
+    public var capacityBytes: Int64 = 0
+    public var availableBytes: Int64 = 0
+    public var reserveBytes: Int64 = 0
+    /// Bytes of chunk data stored (not counting checksum files).
+    public var usedBytes: Int64 = 0
+    public var chunkCount: Int64 = 0
+    /// Chunks moved to quarantine since start-up (by reads, verifies or the scrubber).
+    public var quarantinedTotal: Int64 = 0
+    /// Puts refused because the bytes did not hash to the claimed ID.
+    public var rejectedPutTotal: Int64 = 0
+    /// Reads that found corrupt bytes (never served).
+    public var corruptReadTotal: Int64 = 0
+
+    public init() {}
+}
+
+public enum PutOutcome: Sendable, Equatable {
+    case stored
+    /// The chunk was already stored; the bytes were checked but not written again.
+    case alreadyPresent
+}
+
+/// A content-addressed chunk store on one local directory.
+///
+/// Layout under the data directory:
+/// - `chunks/ab/abcd…` — each chunk in a file named by its full hex SHA-256, fanned out by the
+///   first two hex digits; `sha256sum` of the file equals its name.
+/// - `sums/ab/abcd…` — the chunk's per-block CRC-32C checksums (`BlockChecksums`).
+/// - `tmp/` — puts in progress; emptied at start-up, the only recovery the store needs.
+/// - `quarantine/` — chunks that failed verification, kept for an operator to inspect.
+///
+/// A put writes a temp file while hashing, is rejected (and the temp file removed) unless the
+/// SHA-256 equals the claimed ID, then fsyncs, renames into place and fsyncs the directory, so a
+/// crash never leaves a partial chunk under a valid name.
+///
+/// All methods do blocking I/O: call them from a thread pool, not from an event loop.
+/// Thread-safe.
+public final class ChunkStore: Sendable {
+    public struct Configuration: Sendable {
+        public var directory: FilePath
+        public var limits: ChunkLimits
+        /// Puts are refused when they would leave less free space than this.
+        public var reserveBytes: Int64
+        /// fsync chunk files and directories before acknowledging a put. Only tests of
+        /// non-durability paths turn this off.
+        public var syncWrites: Bool
+
+        public init(directory: FilePath, limits: ChunkLimits = ChunkLimits(), reserveBytes: Int64 = 256 << 20,
+                    syncWrites: Bool = true) {
+            self.directory = directory
+            self.limits = limits
+            self.reserveBytes = reserveBytes
+            self.syncWrites = syncWrites
+        }
+    }
+
+    public let configuration: Configuration
+    let logger: Logger
+    let paths: Paths
+    private let counters: Mutex<Counters>
+    private let tempSequence = Atomic<UInt64>(0)
+
+    struct Counters {
+        var chunkCount: Int64 = 0
+        var usedBytes: Int64 = 0
+        /// Bytes of puts in progress, counted against free space so that concurrent puts
+        /// cannot together overrun the reserve.
+        var inflightPutBytes: Int64 = 0
+        var quarantinedTotal: Int64 = 0
+        var rejectedPutTotal: Int64 = 0
+        var corruptReadTotal: Int64 = 0
+    }
+
+    struct Paths: Sendable {
+        let root: FilePath
+        var chunks: FilePath { root.appending("chunks") }
+        var sums: FilePath { root.appending("sums") }
+        var tmp: FilePath { root.appending("tmp") }
+        var quarantine: FilePath { root.appending("quarantine") }
+        var format: FilePath { root.appending("FORMAT") }
+
+        static func fanout(_ hex: String) -> String { String(hex.prefix(2)) }
+        func chunk(_ id: ChunkID) -> FilePath {
+            let hex = id.hex
+            return chunks.appending(Self.fanout(hex)).appending(hex)
+        }
+        func sum(_ id: ChunkID) -> FilePath {
+            let hex = id.hex
+            return sums.appending(Self.fanout(hex)).appending(hex)
+        }
+    }
+
+    static let formatLine = "cairn-chunkstore 1\n"
+    static let fanoutNames: [String] = (0..<256).map { byte in
+        let digits = Array("0123456789abcdef")
+        return String([digits[byte >> 4], digits[byte & 0xf]])
+    }
+
+    /// Opens (creating if needed) the store at `configuration.directory`: checks the format
+    /// marker, removes leftover temp files and counts what is stored.
+    ///
+    /// - Throws: `CairnError` `.invalidArgument` for bad limits or a directory holding something
+    ///   else; `.io` when the directory cannot be set up.
+    public init(configuration: Configuration, logger: Logger) throws(CairnError) {
+        try configuration.limits.validate()
+        guard configuration.reserveBytes >= 0 else {
+            throw CairnError(.invalidArgument, "reserveBytes must not be negative")
+        }
+        self.configuration = configuration
+        self.logger = logger
+        self.paths = Paths(root: configuration.directory)
+        self.counters = Mutex(Counters())
+        try setUpLayout()
+        try removeLeftoverTempFiles()
+        try countStoredChunks()
+    }
+
+    // MARK: Start-up
+
+    private func setUpLayout() throws(CairnError) {
+        do {
+            try FileSystemCalls.mkdir(paths.root)
+            if let existing = try FileSystemCalls.status(paths.format) {
+                let text = try readWholeFile(paths.format, bytesMax: 4096)
+                guard existing.isRegular, String(decoding: text, as: UTF8.self) == Self.formatLine else {
+                    throw CairnError(.invalidArgument, "\(paths.root) holds a different format: \(paths.format) does not say \(Self.formatLine.dropLast())")
+                }
+            } else {
+                let entries = try FileSystemCalls.directoryEntries(paths.root)
+                guard entries.isEmpty else {
+                    throw CairnError(.invalidArgument, "\(paths.root) is not empty and is not a chunk store (no FORMAT file)")
+                }
+            }
+            for dir in [paths.chunks, paths.sums, paths.tmp, paths.quarantine] { try FileSystemCalls.mkdir(dir) }
+            for name in Self.fanoutNames {
+                try FileSystemCalls.mkdir(paths.chunks.appending(name))
+                try FileSystemCalls.mkdir(paths.sums.appending(name))
+            }
+            if try FileSystemCalls.status(paths.format) == nil {
+                try writeFileDurably(paths.format, bytes: Array(Self.formatLine.utf8))
+            }
+        } catch let error as CairnError {
+            throw error
+        } catch {
+            throw CairnError(.io, "cannot set up chunk store at \(paths.root)", cause: error)
+        }
+    }
+
+    private func removeLeftoverTempFiles() throws(CairnError) {
+        do {
+            let leftovers = try FileSystemCalls.directoryEntries(paths.tmp)
+            for name in leftovers { try FileSystemCalls.unlink(paths.tmp.appending(name)) }
+            if !leftovers.isEmpty {
+                if configuration.syncWrites { try FileSystemCalls.fsyncDirectory(paths.tmp) }
+                logger.info("removed leftover temp files", metadata: ["count": "\(leftovers.count)"])
+            }
+        } catch {
+            throw CairnError(.io, "cannot clean \(paths.tmp)", cause: error)
+        }
+    }
+
+    private func countStoredChunks() throws(CairnError) {
+        var count: Int64 = 0
+        var bytes: Int64 = 0
+        do {
+            for fanout in Self.fanoutNames {
+                let dir = paths.chunks.appending(fanout)
+                for name in try FileSystemCalls.directoryEntries(dir) {
+                    guard ChunkID(hex: name) != nil, let st = try FileSystemCalls.status(dir.appending(name)), st.isRegular else {
+                        logger.warning("ignoring unexpected file in chunk directory", metadata: ["path": "\(dir.appending(name))"])
+                        continue
+                    }
+                    count += 1
+                    bytes += st.size
+                }
+            }
+        } catch {
+            throw CairnError(.io, "cannot scan \(paths.chunks)", cause: error)
+        }
+        counters.withLock {
+            $0.chunkCount = count
+            $0.usedBytes = bytes
+        }
+        logger.info("chunk store open", metadata: ["path": "\(paths.root)", "chunks": "\(count)", "bytes": "\(bytes)"])
+    }
+
+    // MARK: Put
+
+    /// Starts storing a chunk of `length` bytes under `id`. Feed it with `append`, then `commit`.
+    ///
+    /// - Throws: `.tooLarge` past `chunkBytesMax`; `.insufficientSpace` when the put would
+    ///   leave less than the reserve free; `.io` when the temp file cannot be created.
+    public func beginPut(id: ChunkID, length: Int) throws(CairnError) -> PutSession {
+        guard length >= 0, length <= configuration.limits.chunkBytesMax else {
+            throw CairnError(.tooLarge, "chunk of \(length) bytes exceeds chunkBytesMax \(configuration.limits.chunkBytesMax)")
+        }
+        if has(id) {
+            return PutSession(store: self, id: id, length: length, temp: nil)
+        }
+        try reserveSpace(length)
+        let tempPath = paths.tmp.appending("\(id.hex).\(getpid()).\(tempSequence.add(1, ordering: .relaxed).newValue)")
+        do {
+            let fd = try FileDescriptor.open(tempPath, .writeOnly, options: [.create, .exclusiveCreate, .truncate],
+                                             permissions: [.ownerReadWrite, .groupRead, .otherRead])
+            return PutSession(store: self, id: id, length: length, temp: (fd, tempPath))
+        } catch {
+            releaseSpace(length)
+            throw Self.writeError("cannot create temp file \(tempPath)", error)
+        }
+    }
+
+    /// Stores a whole chunk held in memory.
+    @discardableResult
+    public func put(id: ChunkID, bytes: UnsafeRawBufferPointer) throws(CairnError) -> PutOutcome {
+        let session = try beginPut(id: id, length: bytes.count)
+        try session.append(bytes)
+        return try session.commit()
+    }
+
+    @discardableResult
+    public func put(id: ChunkID, bytes: [UInt8]) throws(CairnError) -> PutOutcome {
+        try typedCairnErrors { try bytes.withUnsafeBytes { raw in try put(id: id, bytes: raw) } }
+    }
+
+    private func reserveSpace(_ length: Int) throws(CairnError) {
+        let volume: FileSystemCalls.VolumeStatus
+        do {
+            volume = try FileSystemCalls.volumeStatus(paths.root)
+        } catch {
+            throw CairnError(.io, "statvfs \(paths.root) failed", cause: error)
+        }
+        // Checksum file and directory blocks need room too: count a page per file.
+        let needed = Int64(length) + 8192
+        try counters.withLock { (c) throws(CairnError) in
+            let free = volume.availableBytes - c.inflightPutBytes
+            if free - needed < configuration.reserveBytes {
+                throw CairnError(.insufficientSpace,
+                                 "refusing put of \(length) bytes: \(max(free, 0)) bytes free, reserve is \(configuration.reserveBytes)")
+            }
+            c.inflightPutBytes += needed
+        }
+    }
+
+    func releaseSpace(_ length: Int) {
+        counters.withLock { $0.inflightPutBytes -= Int64(length) + 8192 }
+    }
+
+    func countRejectedPut() {
+        counters.withLock { $0.rejectedPutTotal += 1 }
+    }
+
+    /// Moves a verified temp file into place. Called by `PutSession.commit`.
+    func install(id: ChunkID, tempPath: FilePath, length: Int, checksums: BlockChecksums) throws(CairnError) {
+        let finalPath = paths.chunk(id)
+        let sumPath = paths.sum(id)
+        let sumTemp = FilePath(tempPath.string + ".sum")
+        do {
+            try writeFileDurably(sumTemp, bytes: checksums.encoded())
+            // The checksums land first: a chunk under its final name always has them.
+            try FileSystemCalls.rename(sumTemp, sumPath)
+            let added = try counters.withLock { (c) throws(Errno) -> Bool in
+                let existed = try FileSystemCalls.status(finalPath) != nil
+                try FileSystemCalls.rename(tempPath, finalPath)
+                if !existed {
+                    c.chunkCount += 1
+                    c.usedBytes += Int64(length)
+                }
+                return !existed
+            }
+            if configuration.syncWrites {
+                try FileSystemCalls.fsyncDirectory(sumPath.removingLastComponent())
+                try FileSystemCalls.fsyncDirectory(finalPath.removingLastComponent())
+            }
+            if added { logger.trace("stored chunk", metadata: ["id": "\(id)", "bytes": "\(length)"]) }
+        } catch {
+            _ = try? FileSystemCalls.unlink(sumTemp)
+            throw Self.writeError("cannot install chunk \(id)", error)
+        }
+    }
+
+    // MARK: Read
+
+    /// Whether `id` is stored.
+    public func has(_ id: ChunkID) -> Bool {
+        (try? FileSystemCalls.status(paths.chunk(id))) != nil
+    }
+
+    public func has(_ ids: [ChunkID]) -> [Bool] { ids.map { has($0) } }
+
+    /// Reads a whole chunk and re-hashes it before returning a byte.
+    ///
+    /// - Throws: `.notFound`; `.corrupt` (the chunk is quarantined) when the bytes do not hash to
+    ///   `id`; `.io` on a read error.
+    public func get(_ id: ChunkID) throws(CairnError) -> [UInt8] {
+        let bytes = try readChunkFile(id)
+        let actual = bytes.withUnsafeBytes { SHA256.hash($0) }
+        guard actual == id else {
+            counters.withLock { $0.corruptReadTotal += 1 }
+            quarantine(id, reason: "content hashes to \(actual)")
+            throw CairnError(.corrupt, "chunk \(id) is corrupt (hashes to \(actual)); quarantined")
+        }
+        return bytes
+    }
+
+    /// Reads `length` bytes from `offset` (nil: to the end), checked against the per-block
+    /// checksums of every block it touches. Returns the bytes and the chunk's full length.
+    ///
+    /// - Throws: `.notFound`; `.invalidArgument` for a range outside the chunk; `.corrupt` (the
+    ///   chunk is quarantined) when a block fails its checksum; `.io`.
+    public func read(_ id: ChunkID, offset: Int, length: Int?) throws(CairnError) -> (bytes: [UInt8], chunkLength: Int) {
+        let fd = try openChunk(id)
+        defer { try? fd.close() }
+        let size = try chunkSize(fd, id)
+        guard offset >= 0, offset <= size else {
+            throw CairnError(.invalidArgument, "offset \(offset) is outside chunk \(id) of \(size) bytes")
+        }
+        let end = length.map { offset + $0 } ?? size
+        guard let length = length.map({ $0 }) ?? Optional(size - offset), length >= 0, end <= size else {
+            throw CairnError(.invalidArgument, "range \(offset)+\(length ?? -1) is outside chunk \(id) of \(size) bytes")
+        }
+        guard let sums = loadChecksums(id, chunkLength: size) else {
+            // No usable checksum file: verify the whole chunk, rewrite the checksums, serve.
+            let whole = try get(id)
+            rewriteChecksums(id, bytes: whole)
+            return (Array(whole[offset..<end]), size)
+        }
+        let blocks = sums.blocks(covering: offset..<end)
+        let start = blocks.lowerBound * sums.blockBytes
+        let stop = min(blocks.upperBound * sums.blockBytes, size)
+        var buffer = [UInt8](repeating: 0, count: stop - start)
+        try typedCairnErrors { try buffer.withUnsafeMutableBytes { raw in try preadFully(fd, into: raw, at: start, id: id) } }
+        let ok = buffer.withUnsafeBytes { raw -> Bool in
+            for block in blocks {
+                let lo = block * sums.blockBytes - start
+                let hi = min(lo + sums.blockBytes, raw.count)
+                if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[lo..<hi])) != sums.checksums[block] { return false }
+            }
+            return true
+        }
+        guard ok else {
+            counters.withLock { $0.corruptReadTotal += 1 }
+            quarantine(id, reason: "a block failed its checksum")
+            throw CairnError(.corrupt, "chunk \(id) is corrupt (block checksum mismatch); quarantined")
+        }
+        return (Array(buffer[(offset - start)..<(end - start)]), size)
+    }
+
+    /// Re-hashes a stored chunk and checks its block checksums, quarantining it if either fails.
+    /// Returns the chunk's size.
+    ///
+    /// - Throws: `.notFound`, `.corrupt`, `.io`.
+    @discardableResult
+    public func verify(_ id: ChunkID) throws(CairnError) -> Int {
+        let bytes = try get(id)
+        let expected = bytes.withUnsafeBytes { BlockChecksums(of: $0, blockBytes: configuration.limits.checksumBlockBytes) }
+        if loadChecksums(id, chunkLength: bytes.count) != expected {
+            // The chunk is sound (it hashes to its name); only its checksum file is bad.
+            logger.warning("rewriting damaged checksum file", metadata: ["id": "\(id)"])
+            rewriteChecksums(id, bytes: bytes)
+        }
+        return bytes.count
+    }
+
+    // MARK: Delete, list, stats
+
+    /// Deletes a chunk; returns whether it was stored.
+    @discardableResult
+    public func delete(_ id: ChunkID) throws(CairnError) -> Bool {
+        do {
+            let removed = try counters.withLock { (c) throws(Errno) -> Bool in
+                guard let st = try FileSystemCalls.status(paths.chunk(id)) else { return false }
+                try FileSystemCalls.unlink(paths.chunk(id))
+                c.chunkCount -= 1
+                c.usedBytes -= st.size
+                return true
+            }
+            try FileSystemCalls.unlink(paths.sum(id))
+            if removed && configuration.syncWrites {
+                try FileSystemCalls.fsyncDirectory(paths.chunk(id).removingLastComponent())
+            }
+            return removed
+        } catch {
+            throw CairnError(.io, "cannot delete chunk \(id)", cause: error)
+        }
+    }
+
+    /// One page of stored chunks in ID order, starting after `after`. `more` tells whether
+    /// another page follows.
+    public func list(after: ChunkID?, limit: Int) throws(CairnError) -> (entries: [ChunkInfo], more: Bool) {
+        let limit = min(max(limit, 1), configuration.limits.listPageEntriesMax)
+        var entries: [ChunkInfo] = []
+        let afterHex = after?.hex
+        let startFanout = afterHex.map { Paths.fanout($0) } ?? "00"
+        do {
+            for fanout in Self.fanoutNames where fanout >= startFanout {
+                let dir = paths.chunks.appending(fanout)
+                for name in try FileSystemCalls.directoryEntries(dir) {
+                    guard let id = ChunkID(hex: name), name == id.hex else { continue }
+                    if let after, id <= after { continue }
+                    guard let st = try FileSystemCalls.status(dir.appending(name)) else { continue }
+                    if entries.count == limit { return (entries, true) }
+                    entries.append(ChunkInfo(id: id, sizeBytes: st.size, storedAtNanoseconds: st.modificationTimeNanoseconds))
+                }
+            }
+        } catch {
+            throw CairnError(.io, "cannot list \(paths.chunks)", cause: error)
+        }
+        return (entries, false)
+    }
+
+    /// Capacity, usage and counters.
+    public func stats() throws(CairnError) -> ChunkStoreStats {
+        let volume: FileSystemCalls.VolumeStatus
+        do {
+            volume = try FileSystemCalls.volumeStatus(paths.root)
+        } catch {
+            throw CairnError(.io, "statvfs \(paths.root) failed", cause: error)
+        }
+        return counters.withLock { c in
+            var s = ChunkStoreStats()
+            s.capacityBytes = volume.capacityBytes
+            s.availableBytes = volume.availableBytes
+            s.reserveBytes = configuration.reserveBytes
+            s.usedBytes = c.usedBytes
+            s.chunkCount = c.chunkCount
+            s.quarantinedTotal = c.quarantinedTotal
+            s.rejectedPutTotal = c.rejectedPutTotal
+            s.corruptReadTotal = c.corruptReadTotal
+            return s
+        }
+    }
+
+    /// The chunks currently in quarantine (file names: `<id>.<unix-ns>`).
+    public func quarantinedFiles() throws(CairnError) -> [String] {
+        do {
+            return try FileSystemCalls.directoryEntries(paths.quarantine)
+        } catch {
+            throw CairnError(.io, "cannot list \(paths.quarantine)", cause: error)
+        }
+    }
+
+    // MARK: Internals
+
+    /// Moves a chunk that failed verification out of the way so it is never served again.
+    func quarantine(_ id: ChunkID, reason: String) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let target = paths.quarantine.appending("\(id.hex).\(Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec))")
+        do {
+            try counters.withLock { (c) throws(Errno) in
+                guard let st = try FileSystemCalls.status(paths.chunk(id)) else { return }
+                try FileSystemCalls.rename(paths.chunk(id), target)
+                c.chunkCount -= 1
+                c.usedBytes -= st.size
+                c.quarantinedTotal += 1
+            }
+            try FileSystemCalls.unlink(paths.sum(id))
+            if configuration.syncWrites { try FileSystemCalls.fsyncDirectory(paths.chunk(id).removingLastComponent()) }
+            logger.error("chunk failed verification and was quarantined",
+                         metadata: ["id": "\(id)", "reason": "\(reason)", "moved-to": "\(target)"])
+        } catch {
+            logger.critical("cannot quarantine corrupt chunk", metadata: ["id": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    private func openChunk(_ id: ChunkID) throws(CairnError) -> FileDescriptor {
+        do {
+            return try FileDescriptor.open(paths.chunk(id), .readOnly)
+        } catch Errno.noSuchFileOrDirectory {
+            throw CairnError(.notFound, "chunk \(id) is not stored here")
+        } catch {
+            throw CairnError(.io, "cannot open chunk \(id)", cause: error)
+        }
+    }
+
+    private func chunkSize(_ fd: FileDescriptor, _ id: ChunkID) throws(CairnError) -> Int {
+        let size: Int64
+        do {
+            size = try FileSystemCalls.status(fd).size
+        } catch {
+            throw CairnError(.io, "cannot stat chunk \(id)", cause: error)
+        }
+        guard size <= Int64(configuration.limits.chunkBytesMax) else {
+            counters.withLock { $0.corruptReadTotal += 1 }
+            quarantine(id, reason: "file of \(size) bytes exceeds chunkBytesMax")
+            throw CairnError(.corrupt, "chunk \(id) is corrupt (\(size) bytes exceeds chunkBytesMax); quarantined")
+        }
+        return Int(size)
+    }
+
+    private func readChunkFile(_ id: ChunkID) throws(CairnError) -> [UInt8] {
+        let fd = try openChunk(id)
+        defer { try? fd.close() }
+        let size = try chunkSize(fd, id)
+        var bytes = [UInt8](repeating: 0, count: size)
+        try typedCairnErrors { try bytes.withUnsafeMutableBytes { raw in try preadFully(fd, into: raw, at: 0, id: id) } }
+        return bytes
+    }
+
+    private func preadFully(_ fd: FileDescriptor, into raw: UnsafeMutableRawBufferPointer, at offset: Int, id: ChunkID) throws(CairnError) {
+        var done = 0
+        while done < raw.count {
+            let n: Int
+            do {
+                n = try fd.read(fromAbsoluteOffset: Int64(offset + done), into: UnsafeMutableRawBufferPointer(rebasing: raw[done...]))
+            } catch {
+                throw CairnError(.io, "cannot read chunk \(id)", cause: error)
+            }
+            if n == 0 {
+                counters.withLock { $0.corruptReadTotal += 1 }
+                quarantine(id, reason: "file shrank while being read")
+                throw CairnError(.corrupt, "chunk \(id) is truncated; quarantined")
+            }
+            done += n
+        }
+    }
+
+    private func loadChecksums(_ id: ChunkID, chunkLength: Int) -> BlockChecksums? {
+        guard let bytes = try? readWholeFile(paths.sum(id), bytesMax: 64 + 4 * (configuration.limits.chunkBytesMax / 4096 + 1)) else {
+            return nil
+        }
+        guard let sums = BlockChecksums(decoding: bytes, blockBytesMax: configuration.limits.chunkBytesMax,
+                                        chunkBytesMax: configuration.limits.chunkBytesMax),
+              sums.chunkLength == chunkLength else { return nil }
+        return sums
+    }
+
+    private func rewriteChecksums(_ id: ChunkID, bytes: [UInt8]) {
+        let sums = bytes.withUnsafeBytes { BlockChecksums(of: $0, blockBytes: configuration.limits.checksumBlockBytes) }
+        let temp = paths.tmp.appending("\(id.hex).\(getpid()).\(tempSequence.add(1, ordering: .relaxed).newValue).sum")
+        do {
+            try writeFileDurably(temp, bytes: sums.encoded())
+            try FileSystemCalls.rename(temp, paths.sum(id))
+        } catch {
+            _ = try? FileSystemCalls.unlink(temp)
+            logger.warning("cannot rewrite checksum file", metadata: ["id": "\(id)", "error": "\(error)"])
+        }
+    }
+
+    func writeFileDurably(_ path: FilePath, bytes: [UInt8]) throws {
+        let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .truncate],
+                                         permissions: [.ownerReadWrite, .groupRead, .otherRead])
+        do {
+            _ = try fd.writeAll(bytes)
+            if configuration.syncWrites { try FileSystemCalls.fsync(fd) }
+            try fd.close()
+        } catch {
+            try? fd.close()
+            throw error
+        }
+    }
+
+    private func readWholeFile(_ path: FilePath, bytesMax: Int) throws -> [UInt8] {
+        let fd = try FileDescriptor.open(path, .readOnly)
+        defer { try? fd.close() }
+        var out = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
+            if n == 0 { return out }
+            out.append(contentsOf: buffer[..<n])
+            if out.count > bytesMax { throw CairnError(.tooLarge, "\(path) exceeds \(bytesMax) bytes") }
+        }
+    }
+
+    /// Maps a write-side failure to the error a client should see.
+    static func writeError(_ message: String, _ error: any Error) -> CairnError {
+        if let error = error as? CairnError { return error }
+        if let errno = error as? Errno, errno == .noSpace || errno == .diskQuotaExceeded {
+            return CairnError(.insufficientSpace, "\(message): disk full", cause: errno)
+        }
+        return CairnError(.io, message, cause: error)
+    }
+}

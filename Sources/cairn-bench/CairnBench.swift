@@ -1,0 +1,121 @@
+import ArgumentParser
+import CairnCore
+import ChunkProtocol
+import NIOCore
+import Synchronization
+
+/// `cairn-bench`: the measuring half of `tools/bench` (the script runs the reference tools
+/// — `openssl speed`, `dd` — in the same run and prints the ratios).
+@main
+struct CairnBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cairn-bench",
+        abstract: "Cairn micro-benchmarks; see tools/bench.",
+        subcommands: [SHA256Bench.self, ChunkBench.self]
+    )
+}
+
+/// Median of a list of measurements.
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+}
+
+struct SHA256Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sha256", abstract: "SHA-256 throughput through CairnCore.SHA256 (MB/s, median of runs).")
+
+    @Option(help: "Buffer size in bytes.") var bytes: Int = 4 << 20
+    @Option(help: "Seconds per run.") var seconds: Double = 2
+    @Option(help: "Runs.") var runs: Int = 5
+
+    func run() {
+        let buffer = (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761) }
+        let hasher = SHA256()
+        let clock = ContinuousClock()
+        var rates: [Double] = []
+        for _ in 0..<runs {
+            let start = clock.now
+            var hashed = 0
+            while clock.now - start < .milliseconds(Int64(seconds * 1000)) {
+                buffer.withUnsafeBytes { hasher.update($0) }
+                _ = hasher.finalize()
+                hashed += bytes
+            }
+            let elapsed = clock.now - start
+            rates.append(Double(hashed) / 1e6 / (Double(elapsed.components.attoseconds) / 1e18 + Double(elapsed.components.seconds)))
+        }
+        print("sha256 \(bytes) bytes: median \(Int(median(rates))) MB/s (runs: \(rates.map { Int($0) }))")
+    }
+}
+
+struct ChunkBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "chunks", abstract: "Put then get distinct chunks on one chunkserver (MB/s).")
+
+    @Option(help: "Chunkserver data port.") var server: String
+    @Option(help: "Concurrent streams (one connection each).") var streams: Int = 1
+    @Option(help: "Chunk size in bytes.") var chunkBytes: Int = 4 << 20
+    @Option(help: "Chunks per run.") var chunks: Int = 128
+    @Option(help: "Seed that makes this run's chunks distinct from other runs'.") var seed: UInt64 = 1
+
+    func validate() throws {
+        guard HostPort(server) != nil else { throw ValidationError("--server must be HOST:PORT") }
+        guard streams > 0, chunks > 0, chunkBytes > 0 else { throw ValidationError("counts must be positive") }
+    }
+
+    func run() async throws {
+        // Distinct chunks made before timing: each differs in its first 16 bytes.
+        var base = (0..<chunkBytes).map { UInt8(truncatingIfNeeded: $0 &* 40_503 &+ Int(seed)) }
+        var pool: [(ChunkID, ByteBuffer)] = []
+        for i in 0..<chunks {
+            withUnsafeBytes(of: (seed, UInt64(i))) { raw in for (k, b) in raw.enumerated() { base[k] = b } }
+            pool.append((SHA256.hash(base), ByteBuffer(bytes: base)))
+        }
+        let address = HostPort(server)!
+        let clients = try await (0..<streams).asyncMap { _ in try await ChunkClient.connect(to: address) }
+        let work = pool
+        let clock = ContinuousClock()
+
+        let putStart = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for s in 0..<streams {
+                group.addTask {
+                    for i in stride(from: s, to: work.count, by: self.streams) {
+                        let alreadyThere = try await clients[s].put(work[i].0, bytes: work[i].1)
+                        precondition(!alreadyThere, "benchmark chunks must be new: use a fresh --seed")
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let putSeconds = (clock.now - putStart).seconds
+
+        let getStart = clock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for s in 0..<streams {
+                group.addTask {
+                    for i in stride(from: s, to: work.count, by: self.streams) {
+                        let bytes = try await clients[s].get(work[i].0)
+                        precondition(bytes.readableBytes == self.chunkBytes)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let getSeconds = (clock.now - getStart).seconds
+        for client in clients { await client.close() }
+        let megabytes = Double(chunks * chunkBytes) / 1e6
+        print("chunks streams=\(streams) put \(Int(megabytes / putSeconds)) MB/s get \(Int(megabytes / getSeconds)) MB/s")
+    }
+}
+
+extension Duration {
+    var seconds: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}
+
+extension Sequence {
+    func asyncMap<T>(_ transform: (Element) async throws -> T) async rethrows -> [T] {
+        var out: [T] = []
+        for element in self { out.append(try await transform(element)) }
+        return out
+    }
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// `cairn`: one executable, a subcommand per part (like `weed` or `juicefs`).
+@main
+struct Cairn: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cairn",
+        abstract: "Cairn: a distributed file system of content-addressed chunks.",
+        version: "0.1.0",
+        subcommands: [ChunkserverCommand.self, ChunkCommand.self]
+    )
+}

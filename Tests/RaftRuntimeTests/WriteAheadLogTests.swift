@@ -1,0 +1,261 @@
+import CairnCore
+import CairnTestSupport
+import RaftCore
+import SystemPackage
+import Testing
+@testable import RaftRuntime
+
+func entries(_ range: ClosedRange<UInt64>, term: UInt64, size: Int = 40) -> [Entry] {
+    range.map { Entry(term: term, index: $0, data: testBytes(count: size, seed: $0 &* 31 &+ term)) }
+}
+
+func segmentPaths(_ dir: FilePath) -> [FilePath] {
+    ((try? FileSystemCalls.directoryEntries(dir)) ?? []).filter { $0.hasSuffix(".wal") }.map { dir.appending($0) }
+}
+
+func fileSize(_ path: FilePath) -> Int { Int((try? FileSystemCalls.status(path))??.size ?? 0) }
+
+func truncateFile(_ path: FilePath, to length: Int) throws {
+    let fd = try FileDescriptor.open(path, .readWrite)
+    defer { try? fd.close() }
+    try fd.resize(to: Int64(length))
+}
+
+func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
+    let fd = try FileDescriptor.open(path, .writeOnly, options: [.append])
+    defer { try? fd.close() }
+    _ = try fd.writeAll(bytes)
+}
+
+@Suite struct WriteAheadLogTests {
+    @Test func appendsSurviveReopenWithOverwriteSemantics() throws {
+        let dir = TestDirectory("wal")
+        do {
+            let (wal, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            #expect(recovered == RecoveredLog())
+            try wal.append([.entries(entries(1...10, term: 1)), .hardState(HardState(term: 1, vote: 2, commit: 3))])
+            // A new leader overwrites 6... with its own entries.
+            try wal.append([.entries(entries(6...8, term: 2)), .hardState(HardState(term: 2, vote: 3, commit: 5))])
+        }
+        let (_, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+        #expect(recovered.hardState == HardState(term: 2, vote: 3, commit: 5))
+        #expect(recovered.entries == entries(1...5, term: 1) + entries(6...8, term: 2))
+        #expect(recovered.tornTailBytes == 0)
+    }
+
+    @Test func aTornTailIsTruncatedAndEverythingBeforeItKept() throws {
+        for cut in [1, 5, 19, 20, 21, 60] {
+            let dir = TestDirectory("wal")
+            var lastBatchStart = 0
+            do {
+                let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+                try wal.append([.entries(entries(1...5, term: 1))])
+                lastBatchStart = fileSize(segmentPaths(dir.path)[0])
+                try wal.append([.entries(entries(6...9, term: 1)), .hardState(HardState(term: 1, vote: 1, commit: 9))])
+            }
+            let segment = segmentPaths(dir.path)[0]
+            try truncateFile(segment, to: lastBatchStart + cut)
+            let (wal, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            #expect(recovered.entries == entries(1...5, term: 1), "cut \(cut)")
+            #expect(recovered.hardState == HardState())
+            #expect(recovered.tornTailBytes == cut)
+            #expect(fileSize(segment) == lastBatchStart)
+            // Appending goes on from the truncation point.
+            try wal.append([.entries(entries(6...6, term: 2))])
+            let (_, again) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            #expect(again.entries == entries(1...5, term: 1) + entries(6...6, term: 2))
+        }
+    }
+
+    @Test func garbageAfterTheLastBatchIsATornTail() throws {
+        let dir = TestDirectory("wal")
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            try wal.append([.entries(entries(1...3, term: 1))])
+        }
+        try appendBytes(segmentPaths(dir.path)[0], [UInt8](repeating: 0, count: 4096) + testBytes(count: 100, seed: 1))
+        let (_, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+        #expect(recovered.entries == entries(1...3, term: 1))
+        #expect(recovered.tornTailBytes == 4196)
+    }
+
+    @Test func damageBeforeAValidBatchIsCorruptionNotATornTail() throws {
+        let dir = TestDirectory("wal")
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            for i in 0..<3 { try wal.append([.entries(entries((UInt64(i) * 5 + 1)...(UInt64(i) * 5 + 5), term: 1))]) }
+        }
+        let segment = segmentPaths(dir.path)[0]
+        try flipByte(in: segment, at: 40)  // inside the first batch's payload
+        #expect(throws: CairnError.self) { try WriteAheadLog.open(directory: dir.path, logger: quietLogger()) }
+        do {
+            _ = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+        } catch {
+            #expect(error.code == .corrupt)
+            #expect(error.message.contains("not a torn tail"))
+        }
+        // Nothing was truncated by the failed attempts.
+        #expect(fileSize(segment) > 0)
+        #expect(try FileSystemCalls.directoryEntries(dir.path).count == 1)
+    }
+
+    @Test func damageInAnEarlierSegmentIsCorruption() throws {
+        let dir = TestDirectory("wal")
+        var limits = WALLimits()
+        limits.segmentBytesMax = 4096
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+            for i in 0..<40 { try wal.append([.entries(entries((UInt64(i) * 5 + 1)...(UInt64(i) * 5 + 5), term: 1))]) }
+        }
+        let segments = segmentPaths(dir.path).sorted { $0.string < $1.string }
+        #expect(segments.count > 3)
+        // Cutting the end off a segment that is not the last is not a torn tail.
+        try truncateFile(segments[1], to: fileSize(segments[1]) - 7)
+        do {
+            _ = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+            Issue.record("opened a WAL with a damaged middle segment")
+        } catch {
+            #expect(error.code == .corrupt)
+        }
+    }
+
+    @Test func segmentsRotateAndReplayInOrder() throws {
+        let dir = TestDirectory("wal")
+        var limits = WALLimits()
+        limits.segmentBytesMax = 4096
+        var expected: [Entry] = []
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+            for i in 0..<60 {
+                let batch = entries((UInt64(i) * 4 + 1)...(UInt64(i) * 4 + 4), term: 1, size: 100)
+                try wal.append([.entries(batch), .hardState(HardState(term: 1, vote: 1, commit: UInt64(i * 4)))])
+                expected += batch
+            }
+            #expect(wal.segmentFiles.count > 10)
+        }
+        let (_, recovered) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+        #expect(recovered.entries == expected)
+        #expect(recovered.hardState.commit == 236)
+        // A missing segment in the middle is refused.
+        let segments = segmentPaths(dir.path).sorted { $0.string < $1.string }
+        try FileSystemCalls.unlink(segments[4])
+        #expect(throws: CairnError.self) { try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger()) }
+    }
+
+    @Test func rewriteReplacesAllSegments() throws {
+        let dir = TestDirectory("wal")
+        var limits = WALLimits()
+        limits.segmentBytesMax = 4096
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+            for i in 0..<30 { try wal.append([.entries(entries((UInt64(i) * 4 + 1)...(UInt64(i) * 4 + 4), term: 1, size: 100))]) }
+            let meta = SnapshotMetadata(index: 100, term: 1, confState: ConfState(voters: [1, 2, 3]))
+            try wal.rewrite([.compacted(meta), .entries(entries(101...120, term: 1, size: 100)), .hardState(HardState(term: 1, vote: 1, commit: 110))])
+            #expect(wal.segmentFiles.count == 1)
+            try wal.append([.entries(entries(121...121, term: 2))])
+        }
+        let (_, recovered) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+        #expect(recovered.snapshot.index == 100)
+        #expect(recovered.entries == entries(101...120, term: 1, size: 100) + entries(121...121, term: 2))
+        #expect(recovered.hardState.commit == 110)
+    }
+
+    @Test func randomTornTailsNeverLoseASyncedBatch() throws {
+        var rng = SplitMix(seed: 42)
+        for round in 0..<25 {
+            let dir = TestDirectory("wal")
+            var model = MemoryStorage()
+            var boundaries: [(size: Int, model: [Entry], hard: HardState)] = []
+            var hard = HardState()
+            do {
+                let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+                var term: UInt64 = 1
+                for _ in 0..<Int.random(in: 2...12, using: &rng) {
+                    let last = model.lastIndex
+                    let start = last == 0 ? 1 : UInt64.random(in: max(1, last - 3)...(last + 1), using: &rng)
+                    if start <= last { term += 1 }
+                    let batch = entries(start...(start + UInt64.random(in: 0...5, using: &rng)), term: term, size: Int.random(in: 0...300, using: &rng))
+                    hard = HardState(term: term, vote: 1, commit: min(hard.commit + 1, batch.last!.index))
+                    try wal.append([.entries(batch), .hardState(hard)])
+                    model.append(batch)
+                    boundaries.append((fileSize(segmentPaths(dir.path)[0]), model.allEntries, hard))
+                }
+            }
+            // Cut somewhere inside the last batch: everything up to the batch before it survives.
+            let segment = segmentPaths(dir.path)[0]
+            let lastEnd = boundaries.last!.size
+            let previous = boundaries.count >= 2 ? boundaries[boundaries.count - 2] : (size: 0, model: [Entry](), hard: HardState())
+            let cut = Int.random(in: previous.size..<lastEnd, using: &rng)
+            try truncateFile(segment, to: cut)
+            let (_, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            #expect(recovered.entries == previous.model, "round \(round) cut \(cut)")
+            #expect(recovered.hardState == previous.hard, "round \(round)")
+            model = MemoryStorage()
+        }
+    }
+}
+
+@Suite struct DurableLogStorageTests {
+    @Test func persistSnapshotCompactAndRecover() throws {
+        let dir = TestDirectory("log")
+        let conf = ConfState(voters: [1, 2, 3])
+        do {
+            let log = try DurableLogStorage(directory: dir.path, entriesKeptBehindSnapshot: 5, logger: quietLogger())
+            #expect(log.isEmpty)
+            try log.persist(snapshot: nil, entries: entries(1...50, term: 1), hardState: HardState(term: 1, vote: 1, commit: 40))
+            try log.createSnapshot(at: 40, confState: conf, data: Array("state@40".utf8))
+            #expect(log.firstIndex == 36)
+            try log.persist(snapshot: nil, entries: entries(51...55, term: 2), hardState: HardState(term: 2, vote: 2, commit: 52))
+        }
+        let log = try DurableLogStorage(directory: dir.path, logger: quietLogger())
+        #expect(!log.isEmpty)
+        #expect(try log.snapshot().metadata == SnapshotMetadata(index: 40, term: 1, confState: conf))
+        #expect(try log.snapshot().data == Array("state@40".utf8))
+        #expect(log.firstIndex == 41)
+        #expect(log.lastIndex == 55)
+        #expect(try log.entries(41..<56, bytesMax: .max) == entries(41...50, term: 1) + entries(51...55, term: 2))
+        #expect(log.initialState().0 == HardState(term: 2, vote: 2, commit: 52))
+        #expect(log.initialState().1 == conf)
+    }
+
+    @Test func installedSnapshotReplacesTheLog() throws {
+        let dir = TestDirectory("log")
+        let conf = ConfState(voters: [1, 2, 3])
+        do {
+            let log = try DurableLogStorage(directory: dir.path, logger: quietLogger())
+            try log.persist(snapshot: nil, entries: entries(1...10, term: 1), hardState: HardState(term: 1, vote: 1, commit: 5))
+            let snapshot = Snapshot(metadata: SnapshotMetadata(index: 100, term: 3, confState: conf), data: [9, 9, 9])
+            try log.persist(snapshot: snapshot, entries: [], hardState: HardState(term: 3, vote: 0, commit: 100))
+            try log.persist(snapshot: nil, entries: entries(101...102, term: 3), hardState: nil)
+        }
+        let log = try DurableLogStorage(directory: dir.path, logger: quietLogger())
+        #expect(try log.snapshot().data == [9, 9, 9])
+        #expect(log.firstIndex == 101 && log.lastIndex == 102)
+        #expect(log.hardState.commit == 100)
+    }
+
+    @Test func aMissingOrDamagedSnapshotThatTheLogNeedsIsRefused() throws {
+        let dir = TestDirectory("log")
+        do {
+            let log = try DurableLogStorage(directory: dir.path, entriesKeptBehindSnapshot: 0, logger: quietLogger())
+            try log.persist(snapshot: nil, entries: entries(1...20, term: 1), hardState: HardState(term: 1, vote: 1, commit: 20))
+            try log.createSnapshot(at: 20, confState: ConfState(voters: [1]), data: testBytes(count: 1000, seed: 5))
+        }
+        let snapDir = dir.path.appending("snap")
+        let file = snapDir.appending(try FileSystemCalls.directoryEntries(snapDir)[0])
+        try flipByte(in: file, at: 500)
+        do {
+            _ = try DurableLogStorage(directory: dir.path, logger: quietLogger())
+            Issue.record("opened with a damaged snapshot")
+        } catch {
+            #expect(error.code == .corrupt)
+        }
+        try FileSystemCalls.unlink(file)
+        do {
+            _ = try DurableLogStorage(directory: dir.path, logger: quietLogger())
+            Issue.record("opened with a missing snapshot")
+        } catch {
+            #expect(error.code == .notFound)
+        }
+    }
+}
