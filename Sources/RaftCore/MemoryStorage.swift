@@ -9,9 +9,12 @@ public final class MemoryStorage: LogStorage {
 
     public init() {}
 
-    /// A storage that starts with a membership and no log: how the founding members of a group are created.
+    /// A storage for a founding member of a group: the initial membership is a snapshot at index 1, term 1
+    /// (with empty data). A node that joins later starts from `init()` (empty) and learns that membership the
+    /// way it learns anything compacted away: by InstallSnapshot.
     public init(bootstrap confState: ConfState) {
-        snapshotValue = Snapshot(metadata: SnapshotMetadata(index: 0, term: 0, confState: confState))
+        snapshotValue = Snapshot(metadata: SnapshotMetadata(index: 1, term: 1, confState: confState))
+        entriesValue = [Entry(term: 1, index: 1)]
     }
 
     private var offset: UInt64 { entriesValue[0].index }

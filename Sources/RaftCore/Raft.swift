@@ -53,8 +53,10 @@ final class Raft {
         tracker.setMembership(confState, nextIndex: log.lastIndex + 1)
         isLearner = tracker.progress[id]?.isLearner ?? false
         if !hardState.isEmpty {
-            precondition(hardState.commit >= log.committed && hardState.commit <= log.lastIndex,
-                "persisted commit \(hardState.commit) outside [\(log.committed), \(log.lastIndex)]")
+            // The commit index may be persisted lazily (`Ready.mustSync` is false for it), so it can lag the
+            // snapshot, which only ever holds committed state; it can never exceed the log.
+            precondition(hardState.commit <= log.lastIndex,
+                "persisted commit \(hardState.commit) beyond the last index \(log.lastIndex)")
             log.commitTo(hardState.commit)
             term = hardState.term
             vote = hardState.vote

@@ -80,6 +80,18 @@ extension Raft {
         return true
     }
 
+    /// An empty append at the end of the in-flight window, not counted in it (see the heartbeat response).
+    func sendWindowProbe(to: NodeID) {
+        guard var pr = tracker.progress[to] else { return }
+        guard let prevTerm = log.term(at: pr.next - 1) else {
+            pr.becomeProbe()
+            tracker.progress[to] = pr
+            maybeSendAppend(to: to, sendIfEmpty: true)
+            return
+        }
+        send(Message(kind: .append, to: to, logTerm: prevTerm, index: pr.next - 1, commit: log.committed))
+    }
+
     // MARK: - Snapshots
 
     /// Starts an InstallSnapshot transfer to a follower whose next entry is compacted away.
@@ -238,6 +250,10 @@ extension Raft {
             if pr.state == .snapshot {
                 // Snapshot chunks are retransmitted at the heartbeat rate until acknowledged.
                 resendSnapshotChunk(to: m.from)
+            } else if pr.state == .replicate && pr.inflights.isFull {
+                // The window is full and may stay full forever if the appends that filled it were lost: an
+                // empty append outside the window makes the follower answer with where it really is.
+                sendWindowProbe(to: m.from)
             } else if pr.match < log.lastIndex || pr.state == .probe {
                 maybeSendAppend(to: m.from, sendIfEmpty: true)
             }
