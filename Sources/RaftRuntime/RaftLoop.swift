@@ -1,0 +1,357 @@
+import CairnCore
+import Logging
+import RaftCore
+import SystemPackage
+
+/// The Raft thread's state and work: everything here runs on that one thread.
+final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
+    private let configuration: RaftNodeConfiguration
+    private let machine: Machine
+    private let storage: DurableLogStorage
+    private let node: RawNode
+    private let peers: PeerDirectory
+    private let logger: Logger
+    private var transport: RaftTransport!
+
+    private var applied: UInt64
+    private var lastSnapshotIndex: UInt64
+    private var nextSerial: UInt64 = 1
+    /// Proposals of this node waiting to be applied, by serial.
+    private var proposals: [UInt64: PendingProposal] = [:]
+    /// Which of our proposals sits at which log index (learned from `Ready.entries`).
+    private var proposalAtIndex: [UInt64: UInt64] = [:]
+    private var pendingConfChange: PendingProposal?
+    /// Reads waiting for their read index, by serial (the ReadIndex context).
+    private var readsWaitingForIndex: [UInt64: (read: PendingRead<Machine>, deadline: ContinuousClock.Instant)] = [:]
+    /// Reads whose index is known, waiting for it to be applied.
+    private var readsWaitingForApply: [(index: UInt64, read: PendingRead<Machine>)] = []
+    /// A commit-index-only hard state not yet written (it rides along with the next write).
+    private var lazyHardState: HardState?
+
+    struct PendingProposal {
+        var reply: @Sendable (Result<([UInt8], UInt64), RaftNodeError>) -> Void
+        var deadline: ContinuousClock.Instant
+        var index: UInt64?
+    }
+
+    init(configuration: RaftNodeConfiguration, stateMachine: Machine, peers: PeerDirectory, logger: Logger) throws(CairnError) {
+        self.configuration = configuration
+        self.machine = stateMachine
+        self.peers = peers
+        self.logger = logger
+        storage = try DurableLogStorage(directory: configuration.directory.appending("log"),
+                                        entriesKeptBehindSnapshot: configuration.entriesKeptBehindSnapshot, logger: logger)
+        if storage.isEmpty {
+            if configuration.bootstrap {
+                let voters = configuration.peers.keys.sorted()
+                let founding = Snapshot(metadata: SnapshotMetadata(index: 1, term: 1, confState: ConfState(voters: voters)),
+                                        data: stateMachine.snapshot())
+                try storage.persist(snapshot: founding, entries: [], hardState: nil)
+                logger.info("bootstrapped a new Raft group", metadata: ["voters": "\(voters)"])
+            } else {
+                logger.info("empty log and no --bootstrap: waiting to be added to a group")
+            }
+        } else if configuration.bootstrap {
+            logger.info("log exists: --bootstrap ignored")
+        }
+        let snapshot: Snapshot
+        do {
+            snapshot = try storage.snapshot()
+        } catch {
+            throw CairnError(.internal, "cannot read the snapshot", cause: error)
+        }
+        if !snapshot.isEmpty { try stateMachine.restore(snapshot.data) }
+        applied = snapshot.metadata.index
+        lastSnapshotIndex = snapshot.metadata.index
+        do {
+            node = try RawNode(config: configuration.coreConfig(applied: applied), storage: storage)
+        } catch {
+            throw CairnError(.invalidArgument, "raft configuration", cause: error)
+        }
+    }
+
+    // MARK: The loop
+
+    func run(inbox: Inbox<Machine>, transport: RaftTransport) {
+        self.transport = transport
+        let clock = ContinuousClock()
+        var nextTick = clock.now + configuration.tickInterval
+        var failure: CairnError?
+        while failure == nil {
+            let (events, stopping) = inbox.take(until: nextTick)
+            if stopping { break }
+            let now = clock.now
+            if now >= nextTick {
+                node.tick()
+                nextTick = nextTick + configuration.tickInterval
+                if nextTick < now { nextTick = now + configuration.tickInterval }
+                expire(now)
+            }
+            for event in events { handle(event, now: now) }
+            do {
+                try drainReadies()
+            } catch {
+                failure = error
+                logger.critical("Raft storage failed; this replica stops", metadata: ["error": "\(error)"])
+            }
+        }
+        let stopped = RaftNodeError(.stopped, failure.map { "node stopped: \($0)" } ?? "node is stopping")
+        for event in inbox.markFinished() { fail(event, stopped) }
+        for (_, proposal) in proposals { proposal.reply(.failure(stopped)) }
+        proposals = [:]
+        pendingConfChange?.reply(.failure(stopped))
+        pendingConfChange = nil
+        for (_, waiting) in readsWaitingForIndex { waiting.read.fail(stopped) }
+        readsWaitingForIndex = [:]
+        for waiting in readsWaitingForApply { waiting.read.fail(stopped) }
+        readsWaitingForApply = []
+    }
+
+    private func fail(_ event: Event<Machine>, _ error: RaftNodeError) {
+        switch event {
+        case .propose(_, let reply), .confChange(_, let reply): reply(.failure(error))
+        case .read(let read), .localRead(let read): read.fail(error)
+        case .status(let reply): reply(status())
+        case .message, .transfer: break
+        }
+    }
+
+    private func handle(_ event: Event<Machine>, now: ContinuousClock.Instant) {
+        switch event {
+        case .message(let message):
+            do {
+                try node.step(message)
+            } catch {
+                logger.debug("dropped a peer message", metadata: ["from": "\(message.from)", "error": "\(error)"])
+            }
+        case .propose(let command, let reply):
+            let serial = nextSerial
+            nextSerial += 1
+            do {
+                try node.propose(CommandEnvelope(proposer: configuration.id, serial: serial, command: command).encoded())
+                proposals[serial] = PendingProposal(reply: reply, deadline: now + configuration.requestTimeout)
+            } catch {
+                reply(.failure(map(error)))
+            }
+        case .read(let read):
+            let serial = nextSerial
+            nextSerial += 1
+            do {
+                try node.readIndex(context: CommandEnvelope.serialBytes(serial))
+                readsWaitingForIndex[serial] = (read, now + configuration.requestTimeout)
+            } catch {
+                read.fail(map(error))
+            }
+        case .localRead(let read):
+            read.run(machine)
+        case .confChange(let change, let reply):
+            guard pendingConfChange == nil else {
+                reply(.failure(RaftNodeError(.busy, "a membership change is already in progress")))
+                return
+            }
+            do {
+                try node.proposeConfChange(change)
+                pendingConfChange = PendingProposal(reply: reply, deadline: now + configuration.requestTimeout)
+            } catch {
+                reply(.failure(map(error)))
+            }
+        case .transfer(let target):
+            node.transferLeadership(to: target)
+        case .status(let reply):
+            reply(status())
+        }
+    }
+
+    private func map(_ error: ProposalError) -> RaftNodeError {
+        switch error.code {
+        case .notLeader, .noLeader:
+            return RaftNodeError(.notLeader, error.message, leader: error.leaderHint, leaderAddress: peers.addresses[error.leaderHint])
+        case .uncommittedBytesExceeded, .readIndexQueueFull, .transferInProgress, .confChangePending:
+            return RaftNodeError(.busy, error.message)
+        case .invalidConfChange:
+            return RaftNodeError(.rejected, error.message)
+        }
+    }
+
+    private func expire(_ now: ContinuousClock.Instant) {
+        let timedOut = RaftNodeError(.timedOut, "not applied within \(configuration.requestTimeout); the outcome is unknown")
+        for serial in proposals.keys.sorted() where proposals[serial]!.deadline < now {
+            let proposal = proposals.removeValue(forKey: serial)!
+            if let index = proposal.index { proposalAtIndex.removeValue(forKey: index) }
+            proposal.reply(.failure(timedOut))
+        }
+        if let change = pendingConfChange, change.deadline < now {
+            pendingConfChange = nil
+            change.reply(.failure(timedOut))
+        }
+        for serial in readsWaitingForIndex.keys.sorted() where readsWaitingForIndex[serial]!.deadline < now {
+            readsWaitingForIndex.removeValue(forKey: serial)!.read.fail(RaftNodeError(.timedOut, "read index not confirmed in time"))
+        }
+    }
+
+    // MARK: Ready
+
+    private func drainReadies() throws(CairnError) {
+        while let ready = node.ready() {
+            // 1. Persist (one fsync for everything in this Ready).
+            let snapshot = ready.snapshot.flatMap { $0.isEmpty ? nil : $0 }
+            if snapshot != nil || !ready.entries.isEmpty || ready.mustSync {
+                try storage.persist(snapshot: snapshot, entries: ready.entries, hardState: ready.hardState ?? lazyHardState)
+                lazyHardState = nil
+            } else if let hardState = ready.hardState {
+                lazyHardState = hardState
+            }
+            // Learn where our own proposals landed.
+            let isLeader = node.status.role == .leader
+            for entry in ready.entries {
+                switch entry.kind {
+                case .normal:
+                    if let envelope = CommandEnvelope(decoding: entry.data), envelope.proposer == configuration.id,
+                       proposals[envelope.serial] != nil {
+                        proposals[envelope.serial]!.index = entry.index
+                        proposalAtIndex[entry.index] = envelope.serial
+                    }
+                case .confChange:
+                    if isLeader, pendingConfChange != nil, pendingConfChange!.index == nil { pendingConfChange!.index = entry.index }
+                }
+            }
+            // 2. Restore from a snapshot received from the leader.
+            if let snapshot {
+                try machine.restore(snapshot.data)
+                applied = snapshot.metadata.index
+                lastSnapshotIndex = snapshot.metadata.index
+            }
+            // 3. Send (only after persisting: votes and acks promise what was just written).
+            var unreachable: [NodeID] = []
+            for message in ready.messages where !transport.send(message) {
+                if !unreachable.contains(message.to) { unreachable.append(message.to) }
+            }
+            // 4. Apply.
+            for entry in ready.committedEntries { try apply(entry) }
+            // 5. Reads whose index is now known.
+            for state in ready.readStates {
+                guard let serial = CommandEnvelope.serial(from: state.context),
+                      let waiting = readsWaitingForIndex.removeValue(forKey: serial) else { continue }
+                readsWaitingForApply.append((state.index, waiting.read))
+            }
+            node.advance(ready)
+            for peer in unreachable { node.reportUnreachable(peer) }
+            serveReads()
+            try maybeSnapshot()
+        }
+    }
+
+    private func apply(_ entry: Entry) throws(CairnError) {
+        if entry.index <= applied { return }
+        applied = entry.index
+        let ours = proposalAtIndex.removeValue(forKey: entry.index)
+        switch entry.kind {
+        case .normal:
+            guard !entry.data.isEmpty else { break }
+            guard let envelope = CommandEnvelope(decoding: entry.data) else {
+                logger.error("skipping a malformed log entry", metadata: ["index": "\(entry.index)"])
+                break
+            }
+            let reply = machine.apply(envelope.command, at: entry.index)
+            if envelope.proposer == configuration.id, let proposal = proposals.removeValue(forKey: envelope.serial) {
+                proposal.reply(.success((reply, entry.index)))
+                return
+            }
+        case .confChange:
+            if let change = try? ConfChange(decoding: entry.data) {
+                let address = HostPort(String(decoding: change.context, as: UTF8.self))
+                switch change.kind {
+                case .addVoter, .addLearner:
+                    if let address {
+                        try peers.set(change.nodeID, address)
+                        transport.setPeer(change.nodeID, address)
+                    }
+                case .removeNode:
+                    if change.nodeID != configuration.id {
+                        try peers.set(change.nodeID, nil)
+                        transport.setPeer(change.nodeID, nil)
+                    } else {
+                        logger.warning("this node was removed from the group")
+                    }
+                }
+                logger.info("membership change applied", metadata: ["change": "\(change.kind)", "node": "\(change.nodeID)", "index": "\(entry.index)"])
+            }
+            if let change = pendingConfChange, change.index == entry.index {
+                pendingConfChange = nil
+                change.reply(.success(([], entry.index)))
+            }
+        }
+        // Our proposal was at this index but another entry committed there: it is gone.
+        if let serial = ours, let proposal = proposals.removeValue(forKey: serial) {
+            proposal.reply(.failure(RaftNodeError(.dropped, "leadership changed before the proposal committed; it was not applied")))
+        }
+    }
+
+    private func serveReads() {
+        guard !readsWaitingForApply.isEmpty else { return }
+        var waiting: [(index: UInt64, read: PendingRead<Machine>)] = []
+        for item in readsWaitingForApply {
+            if item.index <= applied { item.read.run(machine) } else { waiting.append(item) }
+        }
+        readsWaitingForApply = waiting
+    }
+
+    private func maybeSnapshot() throws(CairnError) {
+        guard applied >= lastSnapshotIndex + configuration.snapshotEveryEntries else { return }
+        let data = machine.snapshot()
+        try storage.createSnapshot(at: applied, confState: node.confState, data: data)
+        lastSnapshotIndex = applied
+        logger.info("snapshot taken", metadata: ["index": "\(applied)", "bytes": "\(data.count)"])
+    }
+
+    private func status() -> RaftNodeStatus {
+        let s = node.status
+        var match: [NodeID: UInt64] = [:]
+        for (id, progress) in node.progress { match[id] = progress.match }
+        return RaftNodeStatus(id: s.id, role: s.role, term: s.term, leader: s.leader, commit: s.commit, applied: applied,
+                              lastIndex: s.lastIndex, voters: s.confState.voters, learners: s.confState.learners,
+                              addresses: peers.addresses, match: match)
+    }
+}
+
+/// How a command travels in a log entry: who proposed it and under which serial, so the
+/// proposer can hand the state machine's reply back to the waiting caller.
+///
+///     u8 version (1) | u64 proposer | u64 serial | command
+struct CommandEnvelope {
+    var proposer: NodeID
+    var serial: UInt64
+    var command: [UInt8]
+
+    init(proposer: NodeID, serial: UInt64, command: [UInt8]) {
+        self.proposer = proposer
+        self.serial = serial
+        self.command = command
+    }
+
+    init?(decoding bytes: [UInt8]) {
+        guard bytes.count >= 17, bytes[0] == 1 else { return nil }
+        proposer = readUInt64(bytes, 1)
+        serial = readUInt64(bytes, 9)
+        command = Array(bytes[17...])
+    }
+
+    func encoded() -> [UInt8] {
+        var out: [UInt8] = [1]
+        out.reserveCapacity(17 + command.count)
+        appendUInt64(&out, proposer)
+        appendUInt64(&out, serial)
+        out += command
+        return out
+    }
+
+    static func serialBytes(_ serial: UInt64) -> [UInt8] {
+        var out: [UInt8] = []
+        appendUInt64(&out, serial)
+        return out
+    }
+
+    static func serial(from context: [UInt8]) -> UInt64? {
+        context.count == 8 ? readUInt64(context, 0) : nil
+    }
+}

@@ -1,0 +1,116 @@
+import CairnCore
+import RaftCore
+import SystemPackage
+
+/// Everything a `RaftNode` is told at start-up. Bounds carry their unit last and are checked
+/// by `validate()`.
+public struct RaftNodeConfiguration: Sendable {
+    public var id: NodeID
+    /// Every member's peer address, this node's included.
+    public var peers: [NodeID: HostPort]
+    /// Where the WAL, snapshots and the peer list live.
+    public var directory: FilePath
+    /// Found a new group from `peers` if the directory is empty. Ignored when the directory
+    /// holds a log already; never implied by an empty directory.
+    public var bootstrap: Bool
+    /// One Raft tick.
+    public var tickInterval: Duration = .milliseconds(20)
+    public var electionTicks = 10
+    public var heartbeatTicks = 2
+    /// Take a state-machine snapshot (and compact the log) every this many applied entries.
+    public var snapshotEveryEntries: UInt64 = 10_000
+    /// Entries kept behind a snapshot for followers that are only a little behind.
+    public var entriesKeptBehindSnapshot: UInt64 = 1_000
+    /// A proposal or read that is not done by then fails (its outcome unknown for a proposal).
+    public var requestTimeout: Duration = .seconds(5)
+    /// Events (messages, proposals, reads) queued for the Raft thread; beyond it messages are
+    /// dropped and requests refused with `busy`.
+    public var inboxEventsMax = 65_536
+    /// Messages queued to one peer before further ones are dropped.
+    public var peerQueueMessagesMax = 4_096
+    /// Bytes of messages sent to a peer in one gRPC message.
+    public var peerBatchBytesMax = 4 << 20
+    /// Largest gRPC message accepted from a peer.
+    public var peerMessageBytesMax = 16 << 20
+    /// The core's own bounds (message size, in-flight, uncommitted bytes).
+    public var messageBytesMax = 1 << 20
+    public var inflightMessagesMax = 256
+    public var uncommittedEntriesBytesMax = 64 << 20
+    public var snapshotChunkBytesMax = 1 << 20
+    /// Seed for the randomized election timeout.
+    public var randomSeed: UInt64
+
+    public init(id: NodeID, peers: [NodeID: HostPort], directory: FilePath, bootstrap: Bool, randomSeed: UInt64? = nil) {
+        self.id = id
+        self.peers = peers
+        self.directory = directory
+        self.bootstrap = bootstrap
+        self.randomSeed = randomSeed ?? UInt64.random(in: 0...UInt64.max)
+    }
+
+    public func validate() throws(CairnError) {
+        guard id != noNode else { throw CairnError(.invalidArgument, "node id 0 is reserved") }
+        guard peers[id] != nil else { throw CairnError(.invalidArgument, "the peer list must include this node (\(id))") }
+        guard tickInterval >= .milliseconds(1) else { throw CairnError(.invalidArgument, "tickInterval must be at least 1 ms") }
+        guard snapshotEveryEntries > 0 else { throw CairnError(.invalidArgument, "snapshotEveryEntries must be positive") }
+        guard inboxEventsMax > 0, peerQueueMessagesMax > 0, peerBatchBytesMax > 0 else {
+            throw CairnError(.invalidArgument, "queue bounds must be positive")
+        }
+        guard peerMessageBytesMax >= peerBatchBytesMax + (1 << 20), peerMessageBytesMax >= 2 * snapshotChunkBytesMax else {
+            throw CairnError(.invalidArgument, "peerMessageBytesMax must exceed a batch and a snapshot chunk")
+        }
+        do {
+            try coreConfig(applied: 0).validate()
+        } catch {
+            throw CairnError(.invalidArgument, "raft configuration: \(error)")
+        }
+    }
+
+    func coreConfig(applied: UInt64) -> Config {
+        var config = Config(id: id)
+        config.electionTicks = electionTicks
+        config.heartbeatTicks = heartbeatTicks
+        config.applied = applied
+        config.messageBytesMax = messageBytesMax
+        config.inflightMessagesMax = inflightMessagesMax
+        config.inflightBytesMax = max(64 << 20, messageBytesMax)
+        config.uncommittedEntriesBytesMax = uncommittedEntriesBytesMax
+        config.snapshotChunkBytesMax = snapshotChunkBytesMax
+        config.randomSeed = randomSeed
+        return config
+    }
+}
+
+/// Why a request to a `RaftNode` failed.
+public struct RaftNodeError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Code: Sendable, Equatable {
+        /// Only the leader takes proposals; `leader`/`leaderAddress` say who is, if known.
+        case notLeader
+        /// Not done within `requestTimeout`: a proposal's outcome is unknown (retry with dedup).
+        case timedOut
+        /// The proposal definitely did not commit (a new leader overwrote it): safe to retry.
+        case dropped
+        /// Queues are full: back off and retry.
+        case busy
+        /// The node is stopping.
+        case stopped
+        /// The request was refused (an invalid membership change, a malformed command).
+        case rejected
+    }
+
+    public var code: Code
+    public var message: String
+    public var leader: NodeID
+    public var leaderAddress: HostPort?
+
+    public init(_ code: Code, _ message: String, leader: NodeID = noNode, leaderAddress: HostPort? = nil) {
+        self.code = code
+        self.message = message
+        self.leader = leader
+        self.leaderAddress = leaderAddress
+    }
+
+    public var description: String {
+        "\(code): \(message)" + (leaderAddress.map { " (leader \(leader) at \($0))" } ?? "")
+    }
+}

@@ -1,0 +1,140 @@
+import ArgumentParser
+import CairnCore
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import RaftCore
+import RaftRuntime
+import ReplicatedKV
+import ServiceLifecycle
+import SystemPackage
+
+/// `cairn kv …`: a replicated key-value store on Cairn's Raft runtime — the runtime's smoke
+/// test and benchmark target, with real processes, WAL and fsync.
+struct KVCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kv",
+        abstract: "A replicated key-value store on Cairn's Raft (for testing and measuring the Raft runtime).",
+        subcommands: [Serve.self, Put.self, Get.self, Status.self]
+    )
+
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run one replica.")
+
+        @Option(help: "This replica's id (1, 2, …).") var id: UInt64
+        @Option(help: "Data directory (WAL, snapshots).") var data: String
+        @Option(help: "Address for peers and clients, HOST:PORT.") var listen: String
+        @Option(help: "Every replica: ID=HOST:PORT,ID=HOST:PORT,… (this one included).") var peers: String
+        @Flag(help: "Found a new group on this first start (ignored once the log exists).") var bootstrap = false
+        @Option(help: "Milliseconds per Raft tick.") var tickMs: Int = 20
+        @Option(help: "Snapshot every this many applied entries.") var snapshotEntries: UInt64 = 10_000
+        @OptionGroup var logging: LoggingOptions
+
+        func validate() throws {
+            guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT") }
+            _ = try parsePeers(peers)
+        }
+
+        func run() async throws {
+            let logger = logging.makeLogger(label: "cairn.kv.\(id)")
+            var configuration = RaftNodeConfiguration(id: id, peers: try parsePeers(peers), directory: FilePath(data), bootstrap: bootstrap)
+            configuration.tickInterval = .milliseconds(tickMs)
+            configuration.snapshotEveryEntries = snapshotEntries
+            let node: RaftNode<KeyValueMachine>
+            do {
+                node = try RaftNode(configuration: configuration, stateMachine: KeyValueMachine(), logger: logger)
+            } catch {
+                printError("cairn kv serve: \(error)")
+                throw ExitCode.failure
+            }
+            let address = HostPort(listen)!
+            let transport = HTTP2ServerTransport.Posix(
+                address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext,
+                config: .defaults {
+                    $0.rpc.maxRequestPayloadSize = configuration.peerMessageBytesMax
+                    $0.http2.targetWindowSize = 16 << 20
+                    $0.http2.maxFrameSize = 1 << 20
+                })
+            let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node)])
+            let group = ServiceGroup(configuration: .init(
+                services: [.init(service: node), .init(service: GRPCServerService(server: server))],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask { try await group.run() }
+                tasks.addTask {
+                    if let bound = try? await transport.listeningAddress, let ipv4 = bound.ipv4 {
+                        printLine("cairn kv \(id) listening on \(ipv4.host):\(ipv4.port)")
+                    }
+                }
+                try await tasks.waitForAll()
+            }
+        }
+    }
+
+    struct ServersOption: ParsableArguments {
+        @Option(help: "Replicas, HOST:PORT,HOST:PORT,…") var servers: String
+        var list: [HostPort] { servers.split(separator: ",").compactMap { HostPort(String($0)) } }
+        func validate() throws {
+            guard !list.isEmpty, list.count == servers.split(separator: ",").count else {
+                throw ValidationError("--servers must be HOST:PORT,…")
+            }
+        }
+    }
+
+    struct Put: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Write a value (replicated, durable on a quorum).")
+        @OptionGroup var servers: ServersOption
+        @Argument var key: String
+        @Argument var value: String
+        func run() async throws {
+            let index = try await KeyValueClient.with(servers: servers.list) { try await $0.put(Array(key.utf8), Array(value.utf8)) }
+            print("ok index \(index)")
+        }
+    }
+
+    struct Get: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Read a value (linearizable).")
+        @OptionGroup var servers: ServersOption
+        @Argument var key: String
+        func run() async throws {
+            let value = try await KeyValueClient.with(servers: servers.list) { try await $0.get(Array(key.utf8)) }
+            guard let value else {
+                printError("not found")
+                throw ExitCode(1)
+            }
+            print(String(decoding: value, as: UTF8.self))
+        }
+    }
+
+    struct Status: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Each replica's role, term, commit, applied index and state digest.")
+        @OptionGroup var servers: ServersOption
+        func run() async throws {
+            try await KeyValueClient.with(servers: servers.list) { client in
+                for server in client.servers {
+                    do {
+                        let s = try await client.status(of: server)
+                        print("\(server) id=\(s.id) role=\(s.role) term=\(s.term) leader=\(s.leader) commit=\(s.commit) applied=\(s.applied) keys=\(s.keys) digest=\(ChunkID(digest: s.stateDigest)?.hex.prefix(16) ?? "?")")
+                    } catch {
+                        print("\(server) unreachable: \(error)")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+func parsePeers(_ text: String) throws -> [NodeID: HostPort] {
+    var peers: [NodeID: HostPort] = [:]
+    for item in text.split(separator: ",") {
+        let parts = item.split(separator: "=", maxSplits: 1)
+        guard parts.count == 2, let id = UInt64(parts[0]), id > 0, let address = HostPort(String(parts[1])) else {
+            throw ValidationError("bad peer '\(item)': expected ID=HOST:PORT")
+        }
+        guard peers[id] == nil else { throw ValidationError("peer \(id) named twice") }
+        peers[id] = address
+    }
+    guard !peers.isEmpty else { throw ValidationError("--peers is empty") }
+    return peers
+}
