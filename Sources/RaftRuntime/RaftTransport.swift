@@ -23,6 +23,7 @@ final class RaftTransport: Sendable {
     private struct State {
         var senders: [NodeID: PeerSender] = [:]
         var stopped = false
+        var stopWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     init(id: NodeID, peers: [NodeID: HostPort], queueMessagesMax: Int, batchBytesMax: Int, messageBytesMax: Int, logger: Logger) {
@@ -76,13 +77,30 @@ final class RaftTransport: Sendable {
     }
 
     func stop() {
-        let senders = state.withLock { s -> [PeerSender] in
+        let (senders, waiters) = state.withLock { s -> ([PeerSender], [CheckedContinuation<Void, Never>]) in
             s.stopped = true
-            defer { s.senders = [:] }
-            return Array(s.senders.values)
+            defer {
+                s.senders = [:]
+                s.stopWaiters = []
+            }
+            return (Array(s.senders.values), s.stopWaiters)
         }
         for sender in senders { sender.queue.close() }
         newSendersContinuation.finish()
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Returns once `stop()` has been called: inbound peer streams end then, so that a server
+    /// shutting down gracefully is not held open by peers that never stop streaming.
+    func waitUntilStopped() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.stopped { return true }
+                s.stopWaiters.append(continuation)
+                return false
+            }
+            if now { continuation.resume() }
+        }
     }
 
     /// Hands a received batch to the Raft thread.
@@ -112,13 +130,26 @@ public struct RaftPeerService: Cairn_Raft_V1_RaftPeer.SimpleServiceProtocol {
         request: RPCAsyncSequence<Cairn_Raft_V1_RaftBatch, any Error>,
         context: ServerContext
     ) async throws -> Cairn_Raft_V1_DeliverSummary {
-        var count: UInt64 = 0
-        for try await batch in request {
-            try transport.received(batch)
-            count += UInt64(batch.messages.count)
+        let transport = self.transport
+        let received = try await withThrowingTaskGroup(of: UInt64?.self) { group in
+            group.addTask {
+                var count: UInt64 = 0
+                for try await batch in request {
+                    try transport.received(batch)
+                    count += UInt64(batch.messages.count)
+                }
+                return count
+            }
+            group.addTask {
+                await transport.waitUntilStopped()
+                return nil
+            }
+            let first = try await group.next()!
+            group.cancelAll()
+            return first ?? 0
         }
         var summary = Cairn_Raft_V1_DeliverSummary()
-        summary.messagesReceived = count
+        summary.messagesReceived = received
         return summary
     }
 }

@@ -57,7 +57,8 @@ struct KVCommand: AsyncParsableCommand {
                 })
             let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node)])
             let group = ServiceGroup(configuration: .init(
-                services: [.init(service: node), .init(service: GRPCServerService(server: server))],
+                // Shut down in reverse: the node first (ending peer streams), then the server.
+                services: [.init(service: GRPCServerService(server: server)), .init(service: node)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }
