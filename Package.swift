@@ -138,7 +138,7 @@ let package = Package(
         .executableTarget(
             name: "cairn-bench",
             dependencies: [
-                "CairnCore", "ChunkProtocol",
+                "CairnCore", "ChunkProtocol", "ReplicatedKV",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

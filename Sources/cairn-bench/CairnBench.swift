@@ -2,6 +2,8 @@ import ArgumentParser
 import CairnCore
 import ChunkProtocol
 import NIOCore
+import Foundation
+import ReplicatedKV
 import Synchronization
 
 /// `cairn-bench`: the measuring half of `tools/bench` (the script runs the reference tools
@@ -11,7 +13,7 @@ struct CairnBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cairn-bench",
         abstract: "Cairn micro-benchmarks; see tools/bench.",
-        subcommands: [SHA256Bench.self, ChunkBench.self]
+        subcommands: [SHA256Bench.self, ChunkBench.self, RaftBench.self]
     )
 }
 
@@ -117,5 +119,50 @@ extension Sequence {
         var out: [T] = []
         for element in self { out.append(try await transform(element)) }
         return out
+    }
+}
+
+struct RaftBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "raft", abstract: "Replicated puts through `cairn kv` replicas: throughput and latency.")
+
+    @Option(help: "Replicas, HOST:PORT,…") var servers: String
+    @Option(help: "Concurrent proposers.") var proposers: Int = 1
+    @Option(help: "Seconds to run.") var seconds: Double = 5
+    @Option(help: "Value size in bytes.") var valueBytes: Int = 256
+
+    func run() async throws {
+        let list = servers.split(separator: ",").compactMap { HostPort(String($0)) }
+        let value = [UInt8](repeating: 0x5A, count: valueBytes)
+        let clock = ContinuousClock()
+        let proposers = self.proposers
+        let duration = Duration.milliseconds(Int64(seconds * 1000))
+        let latencies = try await KeyValueClient.with(servers: list) { client in
+            // Warm up: find the leader.
+            _ = try await client.put(Array("warmup".utf8), value)
+            let start = clock.now
+            return try await withThrowingTaskGroup(of: [Double].self) { group in
+                for p in 0..<proposers {
+                    group.addTask {
+                        var samples: [Double] = []
+                        var i = 0
+                        while clock.now - start < duration {
+                            let key = Array("p\(p)-\(i)".utf8)
+                            let t0 = clock.now
+                            _ = try await client.put(key, value)
+                            samples.append((clock.now - t0).seconds * 1000)
+                            i += 1
+                        }
+                        return samples
+                    }
+                }
+                var all: [Double] = []
+                for try await samples in group { all += samples }
+                return all
+            }
+        }
+        let sorted = latencies.sorted()
+        func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+        let rate = Double(sorted.count) / seconds
+        print(String(format: "raft proposers=%d puts/s %.0f p50 %.3f ms p99 %.3f ms (n=%d)", proposers, rate, percentile(0.5), percentile(0.99), sorted.count))
     }
 }
