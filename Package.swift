@@ -159,6 +159,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .testTarget(
+            name: "ReplicatedKVTests",
+            dependencies: ["ReplicatedKV", "RaftRuntime", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "ChunkStoreTests",

@@ -1,0 +1,179 @@
+import CairnCore
+import CairnTestSupport
+import ReplicatedKV
+import Synchronization
+import SystemPackage
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite struct KeyValueMachineTests {
+    @Test func snapshotRestoreRoundTrip() throws {
+        let machine = KeyValueMachine()
+        var rng = SplitMix(seed: 1)
+        for i in 0..<200 {
+            let key = testBytes(count: Int(rng.next() % 20), seed: UInt64(i))
+            _ = machine.apply(KeyValueMachine.putCommand(key: key, value: testBytes(count: Int(rng.next() % 100), seed: rng.next())), at: UInt64(i + 1))
+        }
+        let copy = KeyValueMachine()
+        try copy.restore(machine.snapshot())
+        #expect(copy.values == machine.values)
+        #expect(copy.digest == machine.digest)
+    }
+
+    @Test func malformedCommandsAreAnsweredNotApplied() throws {
+        let machine = KeyValueMachine()
+        for bad in [[], [1], [2, 0, 0, 0, 0], [1, 255, 255, 0, 0, 1]] as [[UInt8]] {
+            #expect(machine.apply(bad, at: 1).first == 0xFF)
+        }
+        #expect(machine.values.isEmpty)
+        #expect(throws: CairnError.self) { try machine.restore([1, 0, 0, 0]) }
+    }
+}
+
+/// Three real `cairn kv serve` processes on loopback.
+final class KVCluster: @unchecked Sendable {
+    let logs = TestDirectory("kvlogs")
+    let data = TestDirectory("kvdata")
+    let ports: [Int]
+    var daemons: [Int: DaemonProcess] = [:]
+    var generation = 0
+
+    init() throws {
+        ports = try freeLoopbackPorts(3)
+    }
+
+    var peers: String { (1...3).map { "\($0)=127.0.0.1:\(ports[$0 - 1])" }.joined(separator: ",") }
+    var servers: [HostPort] { ports.map { HostPort(host: "127.0.0.1", port: $0) } }
+
+    func start(_ id: Int) async throws {
+        generation += 1
+        let daemon = try DaemonProcess(
+            ["kv", "serve", "--id", "\(id)", "--data", data.path.appending("n\(id)").string, "--listen", "127.0.0.1:\(ports[id - 1])",
+             "--peers", peers, "--bootstrap", "--snapshot-entries", "200"],
+            logDirectory: logs.path, name: "n\(id)-\(generation)")
+        _ = try await daemon.waitForAddress()
+        daemons[id] = daemon
+    }
+
+    func startAll() async throws {
+        for id in 1...3 { try await start(id) }
+    }
+
+    func kill(_ id: Int, signal: Int32 = SIGKILL) async {
+        await daemons[id]?.stop(signal: signal)
+        daemons[id] = nil
+    }
+
+    func leader(_ client: KeyValueClient) async -> Int? {
+        for (i, server) in servers.enumerated() {
+            if let status = try? await client.status(of: server), status.role.contains("Leader") { return i + 1 }
+        }
+        return nil
+    }
+
+    deinit {
+        for daemon in daemons.values { Glibc.kill(daemon.pid, SIGKILL) }
+    }
+}
+
+final class StopFlag: Sendable {
+    let value = Mutex(false)
+}
+
+final class AckedWrites: Sendable {
+    let values = Mutex<[String: String]>([:])
+}
+
+@Suite(.serialized) struct ReplicatedKVProcessTests {
+    @Test func killingTheLeaderRepeatedlyLosesNoAcknowledgedWrite() async throws {
+        let cluster = try KVCluster()
+        try await cluster.startAll()
+        let acked = AckedWrites()
+        try await KeyValueClient.with(servers: cluster.servers) { client in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                let stop = StopFlag()
+                for writer in 0..<4 {
+                    group.addTask {
+                        var i = 0
+                        while !stop.value.withLock({ $0 }) {
+                            let key = "w\(writer)-\(i)"
+                            let value = "v\(i)-\(writer)"
+                            if (try? await client.put(Array(key.utf8), Array(value.utf8))) != nil {
+                                acked.values.withLock { $0[key] = value }
+                            }
+                            i += 1
+                        }
+                    }
+                }
+                // Kill whoever leads, twice, restarting it each time; wait for progress between
+                // kills (a loaded machine is slow, not wrong).
+                for _ in 0..<2 {
+                    let before = acked.values.withLock { $0.count }
+                    #expect(await eventually(timeout: .seconds(30)) { acked.values.withLock { $0.count } >= before + 20 })
+                    var leader: Int?
+                    _ = await eventually(timeout: .seconds(20)) {
+                        leader = await cluster.leader(client)
+                        return leader != nil
+                    }
+                    guard let leader else {
+                        Issue.record("no leader")
+                        break
+                    }
+                    await cluster.kill(leader)
+                    let during = acked.values.withLock { $0.count }
+                    // The survivors elect a new leader and writes go on without the dead one.
+                    #expect(await eventually(timeout: .seconds(30)) { acked.values.withLock { $0.count } >= during + 10 })
+                    try await cluster.start(leader)
+                }
+                try await Task.sleep(for: .milliseconds(500))
+                stop.value.withLock { $0 = true }
+                try await group.waitForAll()
+            }
+            let written = acked.values.withLock { $0 }
+            #expect(written.count > 50)
+            for (key, value) in written.sorted(by: { $0.key < $1.key }) {
+                let read = try await client.get(Array(key.utf8))
+                #expect(read == Array(value.utf8), "\(key)")
+            }
+            // Every replica converges on the same state.
+            let converged = await eventually(timeout: .seconds(20)) {
+                var digests: Set<[UInt8]> = []
+                var applied: Set<UInt64> = []
+                for server in cluster.servers {
+                    guard let status = try? await client.status(of: server) else { return false }
+                    digests.insert(Array(status.stateDigest))
+                    applied.insert(status.applied)
+                }
+                return digests.count == 1 && applied.count == 1
+            }
+            #expect(converged)
+        }
+    }
+
+    @Test func restartingEveryReplicaAtOnceKeepsTheState() async throws {
+        let cluster = try KVCluster()
+        try await cluster.startAll()
+        try await KeyValueClient.with(servers: cluster.servers) { client in
+            // More than --snapshot-entries writes, so recovery goes through a snapshot and the WAL.
+            for i in 0..<300 { _ = try await client.put(Array("k\(i)".utf8), Array("v\(i)".utf8)) }
+        }
+        for id in 1...3 { await cluster.kill(id, signal: SIGKILL) }
+        try await cluster.startAll()
+        try await KeyValueClient.with(servers: cluster.servers) { client in
+            for i in stride(from: 0, to: 300, by: 7) {
+                #expect(try await client.get(Array("k\(i)".utf8)) == Array("v\(i)".utf8))
+            }
+            _ = try await client.put(Array("after".utf8), Array("restart".utf8))
+            #expect(try await client.get(Array("after".utf8)) == Array("restart".utf8))
+        }
+        // A graceful stop of every replica exits 0.
+        for id in 1...3 {
+            let daemon = cluster.daemons[id]!
+            #expect(await daemon.stop(signal: SIGTERM) == 0, "stderr: \(daemon.stderr)")
+            cluster.daemons[id] = nil
+        }
+    }
+}
