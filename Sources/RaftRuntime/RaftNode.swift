@@ -34,9 +34,8 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         inbox = Inbox<Machine>(eventsMax: configuration.inboxEventsMax)
         transport = RaftTransport(id: configuration.id, peers: peers.addresses, queueMessagesMax: configuration.peerQueueMessagesMax,
                                   batchBytesMax: configuration.peerBatchBytesMax, messageBytesMax: configuration.peerMessageBytesMax,
-                                  logger: logger)
+                                  logger: logger, deliver: { [inbox] message in _ = inbox.post(.message(message), droppable: true) })
         loop = try RaftLoop(configuration: configuration, stateMachine: stateMachine, peers: peers, logger: logger)
-        transport.deliver = { [inbox] message in _ = inbox.post(.message(message), droppable: true) }
     }
 
     /// The gRPC service peers stream their messages to: register it on this node's server.

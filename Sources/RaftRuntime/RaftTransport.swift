@@ -16,7 +16,8 @@ final class RaftTransport: Sendable {
     let messageBytesMax: Int
     private let logger: Logger
     private let state: Mutex<State>
-    private let deliverBox = Mutex<(@Sendable (Message) -> Void)?>(nil)
+    /// Where received messages go: the node's inbox.
+    private let deliver: @Sendable (Message) -> Void
     private let newSenders: AsyncStream<PeerSender>
     private let newSendersContinuation: AsyncStream<PeerSender>.Continuation
 
@@ -26,8 +27,10 @@ final class RaftTransport: Sendable {
         var stopWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
-    init(id: NodeID, peers: [NodeID: HostPort], queueMessagesMax: Int, batchBytesMax: Int, messageBytesMax: Int, logger: Logger) {
+    init(id: NodeID, peers: [NodeID: HostPort], queueMessagesMax: Int, batchBytesMax: Int, messageBytesMax: Int, logger: Logger,
+         deliver: @escaping @Sendable (Message) -> Void) {
         self.id = id
+        self.deliver = deliver
         self.queueMessagesMax = queueMessagesMax
         self.batchBytesMax = batchBytesMax
         self.messageBytesMax = messageBytesMax
@@ -35,12 +38,6 @@ final class RaftTransport: Sendable {
         state = Mutex(State())
         (newSenders, newSendersContinuation) = AsyncStream.makeStream(of: PeerSender.self)
         for (peer, address) in peers.sorted(by: { $0.key < $1.key }) where peer != id { setPeer(peer, address) }
-    }
-
-    /// Where received messages go (set once by the node).
-    var deliver: (@Sendable (Message) -> Void)? {
-        get { deliverBox.withLock { $0 } }
-        set { deliverBox.withLock { $0 = newValue } }
     }
 
     /// Queues a message for its peer without blocking; false if it cannot be queued (unknown
@@ -108,7 +105,6 @@ final class RaftTransport: Sendable {
         guard batch.to == id else {
             throw RPCError(code: .failedPrecondition, message: "this is node \(id), not \(batch.to)")
         }
-        guard let deliver else { return }
         for data in batch.messages {
             do {
                 deliver(try Message(decoding: Array(data)))
