@@ -125,6 +125,18 @@ public final class RawNode {
         raft.bcastAppend()
     }
 
+    /// Proposes several commands at once: one append to the log and one round of append messages to each
+    /// follower, instead of one per command (how a driver batches the proposals that queued up while it was
+    /// busy with an fsync). All or nothing: refused as a whole by the same checks as `propose(_:)`.
+    public func propose(batch: [[UInt8]]) throws(ProposalError) {
+        guard !batch.isEmpty else { return }
+        try checkCanPropose()
+        guard raft.appendEntries(batch.map { Entry(term: 0, index: 0, kind: .normal, data: $0) }) else {
+            throw ProposalError(.uncommittedBytesExceeded, "\(raft.uncommittedBytes) uncommitted bytes")
+        }
+        raft.bcastAppend()
+    }
+
     /// Proposes a membership change. One at a time: refused while an earlier one is not applied, and before the
     /// leader has applied its own first entry of the term.
     public func proposeConfChange(_ change: ConfChange) throws(ProposalError) {

@@ -25,6 +25,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     private var readsWaitingForIndex: [UInt64: (read: PendingRead<Machine>, deadline: ContinuousClock.Instant)] = [:]
     /// Reads whose index is known, waiting for it to be applied.
     private var readsWaitingForApply: [(index: UInt64, read: PendingRead<Machine>)] = []
+    /// Proposals collected from one drain of the inbox (proposed together by `proposeBatched`).
+    private var batch: [(serial: UInt64, data: [UInt8], reply: @Sendable (Result<([UInt8], UInt64), RaftNodeError>) -> Void)] = []
     /// A commit-index-only hard state not yet written (it rides along with the next write).
     private var lazyHardState: HardState?
 
@@ -88,6 +90,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                 expire(now)
             }
             for event in events { handle(event, now: now) }
+            proposeBatched(now: now)
             do {
                 try drainReadies()
             } catch {
@@ -127,12 +130,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         case .propose(let command, let reply):
             let serial = nextSerial
             nextSerial += 1
-            do {
-                try node.propose(CommandEnvelope(proposer: configuration.id, serial: serial, command: command).encoded())
-                proposals[serial] = PendingProposal(reply: reply, deadline: now + configuration.requestTimeout)
-            } catch {
-                reply(.failure(map(error)))
-            }
+            batch.append((serial, CommandEnvelope(proposer: configuration.id, serial: serial, command: command).encoded(), reply))
         case .read(let read):
             let serial = nextSerial
             nextSerial += 1
@@ -159,6 +157,22 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             node.transferLeadership(to: target)
         case .status(let reply):
             reply(status())
+        }
+    }
+
+    /// Proposes what this drain of the inbox collected, as one batch: one log append and one
+    /// append message per follower for all of them.
+    private func proposeBatched(now: ContinuousClock.Instant) {
+        guard !batch.isEmpty else { return }
+        defer { batch.removeAll(keepingCapacity: true) }
+        do {
+            try node.propose(batch: batch.map(\.data))
+            for item in batch {
+                proposals[item.serial] = PendingProposal(reply: item.reply, deadline: now + configuration.requestTimeout)
+            }
+        } catch {
+            let failure = map(error)
+            for item in batch { item.reply(.failure(failure)) }
         }
     }
 
