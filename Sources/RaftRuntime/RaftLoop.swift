@@ -25,6 +25,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     private var readsWaitingForIndex: [UInt64: (read: PendingRead<Machine>, deadline: ContinuousClock.Instant)] = [:]
     /// Reads whose index is known, waiting for it to be applied.
     private var readsWaitingForApply: [(index: UInt64, read: PendingRead<Machine>)] = []
+    /// A membership change was applied since the last snapshot (see `maybeSnapshot`).
+    private var membershipChanged = false
     /// Proposals collected from one drain of the inbox (proposed together by `proposeBatched`).
     private var batch: [(serial: UInt64, data: [UInt8], reply: @Sendable (Result<([UInt8], UInt64), RaftNodeError>) -> Void)] = []
     /// A commit-index-only hard state not yet written (it rides along with the next write).
@@ -122,6 +124,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     private func handle(_ event: Event<Machine>, now: ContinuousClock.Instant) {
         switch event {
         case .message(let message):
+            logger.trace("received", metadata: ["kind": "\(message.kind)", "from": "\(message.from)", "term": "\(message.term)",
+                                                 "index": "\(message.index)", "entries": "\(message.entries.count)"])
             do {
                 try node.step(message)
             } catch {
@@ -237,6 +241,12 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             }
             // 3. Send (only after persisting: votes and acks promise what was just written).
             var unreachable: [NodeID] = []
+            if logger.logLevel <= .trace {
+                for message in ready.messages {
+                    logger.trace("sending", metadata: ["kind": "\(message.kind)", "to": "\(message.to)", "term": "\(message.term)",
+                                                       "index": "\(message.index)", "entries": "\(message.entries.count)"])
+                }
+            }
             for message in ready.messages where !transport.send(message) {
                 if !unreachable.contains(message.to) { unreachable.append(message.to) }
             }
@@ -288,6 +298,9 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                         logger.warning("this node was removed from the group")
                     }
                 }
+                // A member added now may need InstallSnapshot, and a follower only installs a
+                // snapshot whose membership includes it: snapshot right after the change.
+                membershipChanged = true
                 logger.info("membership change applied", metadata: ["change": "\(change.kind)", "node": "\(change.nodeID)", "index": "\(entry.index)"])
             }
             if let change = pendingConfChange, change.index == entry.index {
@@ -311,7 +324,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     }
 
     private func maybeSnapshot() throws(CairnError) {
-        guard applied >= lastSnapshotIndex + configuration.snapshotEveryEntries else { return }
+        guard applied >= lastSnapshotIndex + configuration.snapshotEveryEntries || (membershipChanged && applied > lastSnapshotIndex) else { return }
+        membershipChanged = false
         let data = machine.snapshot()
         try storage.createSnapshot(at: applied, confState: node.confState, data: data)
         lastSnapshotIndex = applied

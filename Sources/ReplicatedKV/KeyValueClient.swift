@@ -52,6 +52,15 @@ public final class KeyValueClient: Sendable {
         return response.found ? Array(response.value) : nil
     }
 
+    /// Adds a voter or learner, or removes a member, through the leader.
+    public func changeMembership(_ kind: Cairn_Kv_V1_MembershipRequest.Kind, node: UInt64, address: HostPort?) async throws -> Cairn_Kv_V1_MembershipResponse {
+        var request = Cairn_Kv_V1_MembershipRequest()
+        request.kind = kind
+        request.node = node
+        request.address = address?.description ?? ""
+        return try await withLeader { try await $0.changeMembership(request) }
+    }
+
     /// One server's own status.
     public func status(of server: HostPort) async throws -> Cairn_Kv_V1_StatusResponse {
         guard let client = clients[server] else { throw CairnError(.invalidArgument, "\(server) is not one of the servers") }

@@ -59,6 +59,32 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
     }
 }
 
+extension KeyValueService {
+    public func changeMembership(request: Cairn_Kv_V1_MembershipRequest, context: ServerContext) async throws -> Cairn_Kv_V1_MembershipResponse {
+        let kind: ConfChange.Kind
+        switch request.kind {
+        case .addVoter: kind = .addVoter
+        case .addLearner: kind = .addLearner
+        case .remove: kind = .removeNode
+        case .UNRECOGNIZED(let value): throw RPCError(code: .invalidArgument, message: "unknown membership change \(value)")
+        }
+        let address = request.address.isEmpty ? nil : HostPort(request.address)
+        if kind != .removeNode && address == nil {
+            throw RPCError(code: .invalidArgument, message: "adding a member needs its HOST:PORT")
+        }
+        do {
+            try await node.changeMembership(kind, node: request.node, address: address)
+            let status = try await node.status()
+            var response = Cairn_Kv_V1_MembershipResponse()
+            response.voters = status.voters
+            response.learners = status.learners
+            return response
+        } catch {
+            throw error.rpcError
+        }
+    }
+}
+
 /// gRPC metadata key carrying the leader's `HOST:PORT` on a not-leader error.
 public let leaderMetadataKey = "cairn-leader"
 

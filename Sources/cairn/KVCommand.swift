@@ -15,7 +15,7 @@ struct KVCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kv",
         abstract: "A replicated key-value store on Cairn's Raft (for testing and measuring the Raft runtime).",
-        subcommands: [Serve.self, Put.self, Get.self, Status.self]
+        subcommands: [Serve.self, Put.self, Get.self, Status.self, Add.self, Remove.self]
     )
 
     struct Serve: AsyncParsableCommand {
@@ -28,6 +28,7 @@ struct KVCommand: AsyncParsableCommand {
         @Flag(help: "Found a new group on this first start (ignored once the log exists).") var bootstrap = false
         @Option(help: "Milliseconds per Raft tick.") var tickMs: Int = 20
         @Option(help: "Snapshot every this many applied entries.") var snapshotEntries: UInt64 = 10_000
+        @Option(help: "Entries kept behind a snapshot for followers a little behind.") var entriesBehindSnapshot: UInt64 = 1_000
         @OptionGroup var logging: LoggingOptions
 
         func validate() throws {
@@ -40,6 +41,7 @@ struct KVCommand: AsyncParsableCommand {
             var configuration = RaftNodeConfiguration(id: id, peers: try parsePeers(peers), directory: FilePath(data), bootstrap: bootstrap)
             configuration.tickInterval = .milliseconds(tickMs)
             configuration.snapshotEveryEntries = snapshotEntries
+            configuration.entriesKeptBehindSnapshot = entriesBehindSnapshot
             let node: RaftNode<KeyValueMachine>
             do {
                 node = try RaftNode(configuration: configuration, stateMachine: KeyValueMachine(), logger: logger)
@@ -121,6 +123,33 @@ struct KVCommand: AsyncParsableCommand {
                     }
                 }
             }
+        }
+    }
+}
+
+extension KVCommand {
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a replica (started without --bootstrap) as a learner or a voter.")
+        @OptionGroup var servers: ServersOption
+        @Option(help: "The new replica's id.") var id: UInt64
+        @Option(help: "The new replica's HOST:PORT.") var address: String
+        @Flag(help: "Add as a non-voting learner (promote later with --voter).") var learner = false
+        func run() async throws {
+            guard let hostPort = HostPort(address) else { throw ValidationError("--address must be HOST:PORT") }
+            let result = try await KeyValueClient.with(servers: servers.list) {
+                try await $0.changeMembership(learner ? .addLearner : .addVoter, node: id, address: hostPort)
+            }
+            print("voters \(result.voters) learners \(result.learners)")
+        }
+    }
+
+    struct Remove: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a replica from the group.")
+        @OptionGroup var servers: ServersOption
+        @Option(help: "The replica's id.") var id: UInt64
+        func run() async throws {
+            let result = try await KeyValueClient.with(servers: servers.list) { try await $0.changeMembership(.remove, node: id, address: nil) }
+            print("voters \(result.voters) learners \(result.learners)")
         }
     }
 }

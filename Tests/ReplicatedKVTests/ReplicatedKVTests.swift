@@ -41,19 +41,24 @@ final class KVCluster: @unchecked Sendable {
     var daemons: [Int: DaemonProcess] = [:]
     var generation = 0
 
-    init() throws {
-        ports = try freeLoopbackPorts(3)
+    init(size: Int = 3) throws {
+        ports = try freeLoopbackPorts(size)
     }
 
-    var peers: String { (1...3).map { "\($0)=127.0.0.1:\(ports[$0 - 1])" }.joined(separator: ",") }
+    /// The founding members' peer list (ids 1…3).
+    var peers: String { peerList(1...3) }
+    func peerList(_ ids: ClosedRange<Int>) -> String { ids.map { "\($0)=127.0.0.1:\(ports[$0 - 1])" }.joined(separator: ",") }
     var servers: [HostPort] { ports.map { HostPort(host: "127.0.0.1", port: $0) } }
+    func address(_ id: Int) -> HostPort { HostPort(host: "127.0.0.1", port: ports[id - 1]) }
 
-    func start(_ id: Int) async throws {
+    /// Starts replica `id`: a founding member (bootstrap on first start) or, with `joining`, an
+    /// empty replica that waits to be added.
+    func start(_ id: Int, joining: Bool = false) async throws {
         generation += 1
-        let daemon = try DaemonProcess(
-            ["kv", "serve", "--id", "\(id)", "--data", data.path.appending("n\(id)").string, "--listen", "127.0.0.1:\(ports[id - 1])",
-             "--peers", peers, "--bootstrap", "--snapshot-entries", "200"],
-            logDirectory: logs.path, name: "n\(id)-\(generation)")
+        var arguments = ["kv", "serve", "--id", "\(id)", "--data", data.path.appending("n\(id)").string, "--listen", "127.0.0.1:\(ports[id - 1])",
+                         "--snapshot-entries", "100", "--entries-behind-snapshot", "10"]
+        arguments += joining ? ["--peers", peerList(1...ports.count)] : ["--peers", peers, "--bootstrap"]
+        let daemon = try DaemonProcess(arguments, logDirectory: logs.path, name: "n\(id)-\(generation)")
         _ = try await daemon.waitForAddress()
         daemons[id] = daemon
     }
@@ -68,7 +73,7 @@ final class KVCluster: @unchecked Sendable {
     }
 
     func leader(_ client: KeyValueClient) async -> Int? {
-        for (i, server) in servers.enumerated() {
+        for (i, server) in servers.enumerated() where daemons[i + 1] != nil {
             if let status = try? await client.status(of: server), status.role.contains("Leader") { return i + 1 }
         }
         return nil
@@ -175,5 +180,47 @@ final class AckedWrites: Sendable {
             #expect(await daemon.stop(signal: SIGTERM) == 0, "stderr: \(daemon.stderr)")
             cluster.daemons[id] = nil
         }
+    }
+}
+
+extension ReplicatedKVProcessTests {
+    @Test func aNewReplicaJoinsBySnapshotAndReplacesAFailedOne() async throws {
+        let cluster = try KVCluster(size: 4)
+        try await cluster.startAll()
+        let founders = Array(cluster.servers.prefix(3))
+        try await KeyValueClient.with(servers: founders) { client in
+            // Enough writes that the log behind the snapshot is gone: the newcomer needs InstallSnapshot.
+            for i in 0..<300 { _ = try await client.put(Array("k\(i)".utf8), Array("v\(i)".utf8)) }
+        }
+        try await cluster.start(4, joining: true)
+        try await KeyValueClient.with(servers: cluster.servers) { client in
+            let asLearner = try await client.changeMembership(.addLearner, node: 4, address: cluster.address(4))
+            #expect(asLearner.learners == [4])
+            // The learner catches up to the same state.
+            let caughtUp = await eventually(timeout: .seconds(30)) {
+                guard let four = try? await client.status(of: cluster.address(4)),
+                      let one = try? await client.status(of: cluster.address(1)) else { return false }
+                return four.keys == 300 && four.stateDigest == one.stateDigest
+            }
+            #expect(caughtUp)
+            let promoted = try await client.changeMembership(.addVoter, node: 4, address: cluster.address(4))
+            #expect(promoted.voters == [1, 2, 3, 4])
+            // Replace a failed founder: kill it, remove it, and the group of 2, 3, 4 goes on.
+            var leader: Int?
+            _ = await eventually { leader = await cluster.leader(client); return leader != nil }
+            let victim = leader == 1 ? 2 : 1
+            await cluster.kill(victim)
+            let shrunk = try await client.changeMembership(.remove, node: UInt64(victim), address: nil)
+            #expect(shrunk.voters == [1, 2, 3, 4].filter { $0 != victim }.map(UInt64.init))
+            _ = try await client.put(Array("after".utf8), Array("replacement".utf8))
+            #expect(try await client.get(Array("after".utf8)) == Array("replacement".utf8))
+            let converged = await eventually(timeout: .seconds(20)) {
+                guard let four = try? await client.status(of: cluster.address(4)) else { return false }
+                return four.keys == 301
+            }
+            #expect(converged)
+        }
+        let log = cluster.daemons[4]!.stderr
+        #expect(!log.contains("critical"))
     }
 }

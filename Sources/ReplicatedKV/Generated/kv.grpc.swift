@@ -62,11 +62,25 @@ public enum Cairn_Kv_V1_KeyValue: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ChangeMembership" metadata.
+        public enum ChangeMembership: Sendable {
+            /// Request type for "ChangeMembership".
+            public typealias Input = Cairn_Kv_V1_MembershipRequest
+            /// Response type for "ChangeMembership".
+            public typealias Output = Cairn_Kv_V1_MembershipResponse
+            /// Descriptor for "ChangeMembership".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.kv.v1.KeyValue"),
+                method: "ChangeMembership",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "cairn.kv.v1.KeyValue" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Put.descriptor,
             Get.descriptor,
-            Status.descriptor
+            Status.descriptor,
+            ChangeMembership.descriptor
         ]
     }
 }
@@ -146,6 +160,24 @@ extension Cairn_Kv_V1_KeyValue {
             request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_StatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_StatusResponse>
+
+        /// Handle the "ChangeMembership" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cairn_Kv_V1_MembershipRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cairn_Kv_V1_MembershipResponse` messages.
+        func changeMembership(
+            request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_MembershipRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_MembershipResponse>
     }
 
     /// Service protocol for the "cairn.kv.v1.KeyValue" service.
@@ -209,6 +241,24 @@ extension Cairn_Kv_V1_KeyValue {
             request: GRPCCore.ServerRequest<Cairn_Kv_V1_StatusRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Cairn_Kv_V1_StatusResponse>
+
+        /// Handle the "ChangeMembership" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cairn_Kv_V1_MembershipRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cairn_Kv_V1_MembershipResponse` message.
+        func changeMembership(
+            request: GRPCCore.ServerRequest<Cairn_Kv_V1_MembershipRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cairn_Kv_V1_MembershipResponse>
     }
 
     /// Simple service protocol for the "cairn.kv.v1.KeyValue" service.
@@ -270,6 +320,24 @@ extension Cairn_Kv_V1_KeyValue {
             request: Cairn_Kv_V1_StatusRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Cairn_Kv_V1_StatusResponse
+
+        /// Handle the "ChangeMembership" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+        ///
+        /// - Parameters:
+        ///   - request: A `Cairn_Kv_V1_MembershipRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cairn_Kv_V1_MembershipResponse` to respond with.
+        func changeMembership(
+            request: Cairn_Kv_V1_MembershipRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cairn_Kv_V1_MembershipResponse
     }
 }
 
@@ -305,6 +373,17 @@ extension Cairn_Kv_V1_KeyValue.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_StatusResponse>(),
             handler: { request, context in
                 try await self.status(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Cairn_Kv_V1_KeyValue.Method.ChangeMembership.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Kv_V1_MembershipRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_MembershipResponse>(),
+            handler: { request, context in
+                try await self.changeMembership(
                     request: request,
                     context: context
                 )
@@ -348,6 +427,17 @@ extension Cairn_Kv_V1_KeyValue.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func changeMembership(
+        request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_MembershipRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_MembershipResponse> {
+        let response = try await self.changeMembership(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -385,6 +475,19 @@ extension Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Cairn_Kv_V1_StatusResponse> {
         return GRPCCore.ServerResponse<Cairn_Kv_V1_StatusResponse>(
             message: try await self.status(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func changeMembership(
+        request: GRPCCore.ServerRequest<Cairn_Kv_V1_MembershipRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cairn_Kv_V1_MembershipResponse> {
+        return GRPCCore.ServerResponse<Cairn_Kv_V1_MembershipResponse>(
+            message: try await self.changeMembership(
                 request: request.message,
                 context: context
             ),
@@ -469,6 +572,29 @@ extension Cairn_Kv_V1_KeyValue {
             deserializer: some GRPCCore.MessageDeserializer<Cairn_Kv_V1_StatusResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Kv_V1_StatusResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ChangeMembership" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cairn_Kv_V1_MembershipRequest` message.
+        ///   - serializer: A serializer for `Cairn_Kv_V1_MembershipRequest` messages.
+        ///   - deserializer: A deserializer for `Cairn_Kv_V1_MembershipResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func changeMembership<Result>(
+            request: GRPCCore.ClientRequest<Cairn_Kv_V1_MembershipRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cairn_Kv_V1_MembershipRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cairn_Kv_V1_MembershipResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Kv_V1_MembershipResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -589,6 +715,40 @@ extension Cairn_Kv_V1_KeyValue {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ChangeMembership" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cairn_Kv_V1_MembershipRequest` message.
+        ///   - serializer: A serializer for `Cairn_Kv_V1_MembershipRequest` messages.
+        ///   - deserializer: A deserializer for `Cairn_Kv_V1_MembershipResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func changeMembership<Result>(
+            request: GRPCCore.ClientRequest<Cairn_Kv_V1_MembershipRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cairn_Kv_V1_MembershipRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cairn_Kv_V1_MembershipResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Kv_V1_MembershipResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cairn_Kv_V1_KeyValue.Method.ChangeMembership.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -677,6 +837,35 @@ extension Cairn_Kv_V1_KeyValue.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_StatusRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Kv_V1_StatusResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ChangeMembership" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cairn_Kv_V1_MembershipRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func changeMembership<Result>(
+        request: GRPCCore.ClientRequest<Cairn_Kv_V1_MembershipRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Kv_V1_MembershipResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.changeMembership(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_MembershipRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Kv_V1_MembershipResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -779,6 +968,39 @@ extension Cairn_Kv_V1_KeyValue.ClientProtocol {
             metadata: metadata
         )
         return try await self.status(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ChangeMembership" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Adds a voter or a learner, or removes a member (one change at a time; on the leader).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func changeMembership<Result>(
+        _ message: Cairn_Kv_V1_MembershipRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Kv_V1_MembershipResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cairn_Kv_V1_MembershipRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.changeMembership(
             request: request,
             options: options,
             onResponse: handleResponse
