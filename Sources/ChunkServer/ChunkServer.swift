@@ -235,29 +235,41 @@ public final class ChunkServer: Service, Sendable {
             try await drainBody(&parts)
             throw error
         }
-        var failure: (any Error)? = nil
-        while let part = try await parts.next() {
-            switch part {
-            case .body(let bytes):
-                guard failure == nil else { continue }  // keep draining after a write error
-                do {
-                    try await threadPool.runIfActive { try bytes.withUnsafeReadableBytes { (raw) throws(CairnError) in try session.append(raw) } }
-                } catch {
-                    failure = error
+        // Body parts go to the hashing and writing lanes as they arrive; the event loop goes on
+        // reading the next ones meanwhile (up to the connection's buffering bound).
+        let pipeline = PutPipeline(session: session, threadPool: threadPool)
+        var ended = false
+        do {
+            receiving: while let part = try await parts.next() {
+                switch part {
+                case .body(let bytes):
+                    try await pipeline.add(bytes)
+                case .end:
+                    ended = true
+                    break receiving
+                case .head:
+                    preconditionFailure("frame decoder yielded a head inside a frame")
                 }
-            case .end:
-                if let failure { throw failure }
-                let outcome = try await threadPool.runIfActive { try session.commit() }
-                var response = ChunkResponse()
-                response.put.alreadyPresent = outcome == .alreadyPresent
-                return response
-            case .head:
-                preconditionFailure("frame decoder yielded a head inside a frame")
             }
+        } catch {
+            _ = await pipeline.finish()
+            _ = try? await threadPool.runIfActive { session.abort() }
+            throw error
         }
-        // The peer went away mid-chunk: the session's temp file is removed as it is dropped.
-        session.abort()
-        throw CairnError(.protocolViolation, "connection closed in the middle of a put")
+        let failure = await pipeline.finish()
+        guard ended else {
+            // The peer went away mid-chunk: the session's temp file is removed.
+            _ = try? await threadPool.runIfActive { session.abort() }
+            throw CairnError(.protocolViolation, "connection closed in the middle of a put")
+        }
+        if let failure {
+            _ = try? await threadPool.runIfActive { session.abort() }
+            throw failure
+        }
+        let outcome = try await threadPool.runIfActive { try session.commit() }
+        var response = ChunkResponse()
+        response.put.alreadyPresent = outcome == .alreadyPresent
+        return response
     }
 
     private func handleControl(_ request: ChunkRequest) async throws -> (ChunkResponse, ByteBuffer?) {

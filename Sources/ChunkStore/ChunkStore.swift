@@ -56,7 +56,8 @@ public enum PutOutcome: Sendable, Equatable {
 ///
 /// A put writes a temp file while hashing, is rejected (and the temp file removed) unless the
 /// SHA-256 equals the claimed ID, then fsyncs, renames into place and fsyncs the directory, so a
-/// crash never leaves a partial chunk under a valid name.
+/// crash never leaves a partial chunk under a valid name. The checksum file is written without
+/// fsync: one a crash damaged is detected by its own CRC and rebuilt after a SHA-256 check.
 ///
 /// All methods do blocking I/O: call them from a thread pool, not from an event loop.
 /// Thread-safe.
@@ -280,8 +281,14 @@ public final class ChunkStore: Sendable {
         let sumPath = paths.sum(id)
         let sumTemp = FilePath(tempPath.string + ".sum")
         do {
-            try writeFileDurably(sumTemp, bytes: checksums.encoded())
-            // The checksums land first: a chunk under its final name always has them.
+            // The checksum file is neither fsynced nor is its directory: a crash may leave it
+            // missing, empty or torn, and that is safe because every reader checks it (magic,
+            // lengths and its own CRC-32C; `loadChecksums`) and, when it does not decode,
+            // verifies the whole chunk with SHA-256 and rewrites it (`read`, `verify`). Only
+            // the chunk file and its name are made durable before a put is acknowledged.
+            try writeFile(sumTemp, bytes: checksums.encoded(), sync: false)
+            // The checksums land first: a chunk under its final name has them unless a crash
+            // lost them (see above).
             try FileSystemCalls.rename(sumTemp, sumPath)
             let added = try counters.withLock { (c) throws(Errno) -> Bool in
                 let existed = try FileSystemCalls.status(finalPath) != nil
@@ -293,7 +300,6 @@ public final class ChunkStore: Sendable {
                 return !existed
             }
             if configuration.syncWrites {
-                try FileSystemCalls.fsyncDirectory(sumPath.removingLastComponent())
                 try FileSystemCalls.fsyncDirectory(finalPath.removingLastComponent())
             }
             if added { logger.trace("stored chunk", metadata: ["id": "\(id)", "bytes": "\(length)"]) }
@@ -590,11 +596,16 @@ public final class ChunkStore: Sendable {
     }
 
     func writeFileDurably(_ path: FilePath, bytes: [UInt8]) throws {
+        try writeFile(path, bytes: bytes, sync: configuration.syncWrites)
+    }
+
+    /// Writes a whole small file, fsyncing it when `sync` is set.
+    func writeFile(_ path: FilePath, bytes: [UInt8], sync: Bool) throws {
         let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .truncate],
                                          permissions: [.ownerReadWrite, .groupRead, .otherRead])
         do {
             _ = try fd.writeAll(bytes)
-            if configuration.syncWrites { try FileSystemCalls.fsync(fd) }
+            if sync { try FileSystemCalls.fsync(fd) }
             try fd.close()
         } catch {
             try? fd.close()
