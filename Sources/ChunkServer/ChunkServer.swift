@@ -18,8 +18,9 @@ import Foundation
 ///
 /// Each connection is served in its own task; its requests are handled in order (clients
 /// pipeline by sending ahead), with bounded buffering: when a connection has
-/// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it. At most
-/// `transfersMax` puts and gets run at once across all connections.
+/// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it, and a
+/// put holds at most `PutPipeline.partsInflightMax` more parts in its hashing and writing
+/// lanes. At most `transfersMax` puts and gets run at once across all connections.
 public final class ChunkServer: Service, Sendable {
     public let configuration: ChunkServerConfiguration
     public let store: ChunkStore
