@@ -77,7 +77,7 @@ public struct FramePreamble: Sendable, Equatable {
 }
 
 /// What the frame decoder hands on: a frame's preamble and header, then its body in parts
-/// (each at most `bodyPartBytesMax`), then the end. Bodies stream: a 4 MiB put is written to
+/// (each at most `bodyPartBytesMax`, as many bytes as had arrived), then the end. Bodies stream: a 4 MiB put is written to
 /// disk while the rest of it is still arriving.
 public enum FramePart: Sendable {
     case head(FramePreamble, header: ByteBuffer)
@@ -92,6 +92,13 @@ public struct FrameDecoder: ByteToMessageDecoder, Sendable {
 
     /// Body bytes are handed on in parts of at most this size.
     public static let bodyPartBytesMax = 1 << 20
+
+    /// The receive buffers for a connection carrying frames: they grow to `bodyPartBytesMax`,
+    /// so a chunk body arrives in a few large reads, each handed on as one body part without
+    /// a copy. A buffered part never pins more than one such buffer.
+    public static var receiveBufferAllocator: AdaptiveRecvByteBufferAllocator {
+        AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 64 << 10, maximum: bodyPartBytesMax)
+    }
 
     private enum State {
         case preamble
@@ -127,8 +134,12 @@ public struct FrameDecoder: ByteToMessageDecoder, Sendable {
             }
             return .continue
         case .body(let remaining):
-            let want = min(remaining, Self.bodyPartBytesMax)
-            guard let part = buffer.readSlice(length: want) else { return .needMoreData }
+            // Hand on whatever body bytes have arrived (up to a part's bound) instead of
+            // waiting for a full part: a slice that stays alive while the decoder's buffer
+            // grows forces NIO to copy that buffer (copy-on-write), so slicing everything
+            // that is readable leaves nothing behind to copy.
+            let want = min(remaining, Self.bodyPartBytesMax, buffer.readableBytes)
+            guard want > 0, let part = buffer.readSlice(length: want) else { return .needMoreData }
             context.fireChannelRead(wrapInboundOut(.body(part)))
             if remaining == want {
                 context.fireChannelRead(wrapInboundOut(.end))

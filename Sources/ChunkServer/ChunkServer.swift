@@ -18,8 +18,9 @@ import Foundation
 ///
 /// Each connection is served in its own task; its requests are handled in order (clients
 /// pipeline by sending ahead), with bounded buffering: when a connection has
-/// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it. At most
-/// `transfersMax` puts and gets run at once across all connections.
+/// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it, and a
+/// put holds at most `PutPipeline.partsInflightMax` more parts in its hashing and writing
+/// lanes. At most `transfersMax` puts and gets run at once across all connections.
 public final class ChunkServer: Service, Sendable {
     public let configuration: ChunkServerConfiguration
     public let store: ChunkStore
@@ -80,6 +81,9 @@ public final class ChunkServer: Service, Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.maxMessagesPerRead, value: 4)
+                // Chunk bodies arrive in reads of up to 1 MiB rather than NIO's default 64 KiB:
+                // fewer, larger body parts (each at most `FrameDecoder.bodyPartBytesMax`).
+                .childChannelOption(.recvAllocator, value: FrameDecoder.receiveBufferAllocator)
                 // A client that half-closes after pipelining its requests still gets every answer.
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
                 .bind(host: configuration.listen.host, port: configuration.listen.port) { channel in
@@ -232,29 +236,41 @@ public final class ChunkServer: Service, Sendable {
             try await drainBody(&parts)
             throw error
         }
-        var failure: (any Error)? = nil
-        while let part = try await parts.next() {
-            switch part {
-            case .body(let bytes):
-                guard failure == nil else { continue }  // keep draining after a write error
-                do {
-                    try await threadPool.runIfActive { try bytes.withUnsafeReadableBytes { (raw) throws(CairnError) in try session.append(raw) } }
-                } catch {
-                    failure = error
+        // Body parts go to the hashing and writing lanes as they arrive; the event loop goes on
+        // reading the next ones meanwhile (up to the connection's buffering bound).
+        let pipeline = PutPipeline(session: session, threadPool: threadPool)
+        var ended = false
+        do {
+            receiving: while let part = try await parts.next() {
+                switch part {
+                case .body(let bytes):
+                    try await pipeline.add(bytes)
+                case .end:
+                    ended = true
+                    break receiving
+                case .head:
+                    preconditionFailure("frame decoder yielded a head inside a frame")
                 }
-            case .end:
-                if let failure { throw failure }
-                let outcome = try await threadPool.runIfActive { try session.commit() }
-                var response = ChunkResponse()
-                response.put.alreadyPresent = outcome == .alreadyPresent
-                return response
-            case .head:
-                preconditionFailure("frame decoder yielded a head inside a frame")
             }
+        } catch {
+            _ = await pipeline.finish()
+            _ = try? await threadPool.runIfActive { session.abort() }
+            throw error
         }
-        // The peer went away mid-chunk: the session's temp file is removed as it is dropped.
-        session.abort()
-        throw CairnError(.protocolViolation, "connection closed in the middle of a put")
+        let failure = await pipeline.finish()
+        guard ended else {
+            // The peer went away mid-chunk: the session's temp file is removed.
+            _ = try? await threadPool.runIfActive { session.abort() }
+            throw CairnError(.protocolViolation, "connection closed in the middle of a put")
+        }
+        if let failure {
+            _ = try? await threadPool.runIfActive { session.abort() }
+            throw failure
+        }
+        let outcome = try await threadPool.runIfActive { try session.commit() }
+        var response = ChunkResponse()
+        response.put.alreadyPresent = outcome == .alreadyPresent
+        return response
     }
 
     private func handleControl(_ request: ChunkRequest) async throws -> (ChunkResponse, ByteBuffer?) {
@@ -265,21 +281,38 @@ public final class ChunkServer: Service, Sendable {
             let id = try ChunkID(field: get.id)
             try await transfers.acquire()
             defer { transfers.release() }
-            let whole = get.offset == 0 && get.length == 0
             guard get.offset <= UInt64(Int.max), get.length <= UInt64(configuration.store.limits.chunkBytesMax) else {
                 throw CairnError(.invalidArgument, "range \(get.offset)+\(get.length) is out of bounds")
             }
-            let (bytes, chunkLength) = try await threadPool.runIfActive { () throws -> ([UInt8], Int) in
-                if whole {
-                    let bytes = try store.get(id)
-                    return (bytes, bytes.count)
+            // Whole-chunk reads are checked like range reads, block by block against the
+            // CRC-32C checksums written at put time from bytes that had hashed to the ID: a
+            // flipped byte still fails, quarantines the chunk and is never sent. The SHA-256 of
+            // a whole chunk is the client's to check (`ChunkClient.get` re-hashes every chunk
+            // it returns); `verify` and the scrubber still re-hash with SHA-256 here, and a
+            // missing or damaged checksum file falls back to SHA-256 (`ChunkStore.read`).
+            // Re-hashing on both sides would spend a second core on each byte.
+            let allocator = ByteBufferAllocator()
+            let offset = Int(get.offset)
+            let length = get.length == 0 ? nil : Int(get.length)
+            let (body, chunkLength) = try await threadPool.runIfActive { () throws -> (ByteBuffer, Int) in
+                let read = try store.read(id, offset: offset, length: length) { (count, fill) throws(CairnError) -> ByteBuffer in
+                    var buffer = allocator.buffer(capacity: count)
+                    _ = try typedCairnErrors {
+                        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+                            try fill(UnsafeMutableRawBufferPointer(rebasing: raw[..<count]))
+                            return count
+                        }
+                    }
+                    return buffer
                 }
-                let read = try store.read(id, offset: Int(get.offset), length: get.length == 0 ? nil : Int(get.length))
-                return (read.bytes, read.chunkLength)
+                var body = read.output
+                body.moveWriterIndex(to: read.range.upperBound)
+                body.moveReaderIndex(to: read.range.lowerBound)
+                return (body, read.chunkLength)
             }
             response.get.chunkLength = UInt64(chunkLength)
             response.get.offset = get.offset
-            return (response, ByteBuffer(bytes: bytes))
+            return (response, body)
         case .has(let has):
             guard has.ids.count <= configuration.store.limits.batchIDsMax else {
                 throw CairnError(.tooLarge, "has of \(has.ids.count) IDs exceeds batchIDsMax \(configuration.store.limits.batchIDsMax)")

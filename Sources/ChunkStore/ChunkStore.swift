@@ -56,7 +56,8 @@ public enum PutOutcome: Sendable, Equatable {
 ///
 /// A put writes a temp file while hashing, is rejected (and the temp file removed) unless the
 /// SHA-256 equals the claimed ID, then fsyncs, renames into place and fsyncs the directory, so a
-/// crash never leaves a partial chunk under a valid name.
+/// crash never leaves a partial chunk under a valid name. The checksum file is written without
+/// fsync: one a crash damaged is detected by its own CRC and rebuilt after a SHA-256 check.
 ///
 /// All methods do blocking I/O: call them from a thread pool, not from an event loop.
 /// Thread-safe.
@@ -280,8 +281,14 @@ public final class ChunkStore: Sendable {
         let sumPath = paths.sum(id)
         let sumTemp = FilePath(tempPath.string + ".sum")
         do {
-            try writeFileDurably(sumTemp, bytes: checksums.encoded())
-            // The checksums land first: a chunk under its final name always has them.
+            // The checksum file is neither fsynced nor is its directory: a crash may leave it
+            // missing, empty or torn, and that is safe because every reader checks it (magic,
+            // lengths and its own CRC-32C; `loadChecksums`) and, when it does not decode,
+            // verifies the whole chunk with SHA-256 and rewrites it (`read`, `verify`). Only
+            // the chunk file and its name are made durable before a put is acknowledged.
+            try writeFile(sumTemp, bytes: checksums.encoded(), sync: false)
+            // The checksums land first: a chunk under its final name has them unless a crash
+            // lost them (see above).
             try FileSystemCalls.rename(sumTemp, sumPath)
             let added = try counters.withLock { (c) throws(Errno) -> Bool in
                 let existed = try FileSystemCalls.status(finalPath) != nil
@@ -293,7 +300,6 @@ public final class ChunkStore: Sendable {
                 return !existed
             }
             if configuration.syncWrites {
-                try FileSystemCalls.fsyncDirectory(sumPath.removingLastComponent())
                 try FileSystemCalls.fsyncDirectory(finalPath.removingLastComponent())
             }
             if added { logger.trace("stored chunk", metadata: ["id": "\(id)", "bytes": "\(length)"]) }
@@ -333,6 +339,31 @@ public final class ChunkStore: Sendable {
     /// - Throws: `.notFound`; `.invalidArgument` for a range outside the chunk; `.corrupt` (the
     ///   chunk is quarantined) when a block fails its checksum; `.io`.
     public func read(_ id: ChunkID, offset: Int, length: Int?) throws(CairnError) -> (bytes: [UInt8], chunkLength: Int) {
+        let read = try read(id, offset: offset, length: length) { (count, fill) throws(CairnError) -> [UInt8] in
+            var buffer = [UInt8](repeating: 0, count: count)
+            try typedCairnErrors { try buffer.withUnsafeMutableBytes { raw in try fill(raw) } }
+            return buffer
+        }
+        return (Array(read.output[read.range]), read.chunkLength)
+    }
+
+    /// Reads `length` bytes from `offset` (nil: to the end) straight into storage the caller
+    /// makes, so a server can read into its network buffer without another copy.
+    ///
+    /// `output(byteCount, fill)` is called once: it makes a buffer of `byteCount` bytes, calls
+    /// `fill` once with exactly that many writable bytes, and returns the buffer. `fill` reads
+    /// the blocks covering the range and checks each against its CRC-32C; it throws (after
+    /// quarantining the chunk) if one fails, so a buffer that `output` returns holds only
+    /// verified bytes. The requested bytes are `output[range]`.
+    ///
+    /// When the checksum file is missing or damaged (it is written without fsync, and its own
+    /// CRC catches damage), the whole chunk is re-hashed with SHA-256 instead and the file is
+    /// rewritten; a chunk that does not hash to its ID is quarantined and nothing is returned.
+    ///
+    /// - Throws: as `read(_:offset:length:)`, plus what `output` throws.
+    public func read<Output>(_ id: ChunkID, offset: Int, length: Int?,
+                             into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
+        throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int) {
         let fd = try openChunk(id)
         defer { try? fd.close() }
         let size = try chunkSize(fd, id)
@@ -347,27 +378,29 @@ public final class ChunkStore: Sendable {
             // No usable checksum file: verify the whole chunk, rewrite the checksums, serve.
             let whole = try get(id)
             rewriteChecksums(id, bytes: whole)
-            return (Array(whole[offset..<end]), size)
+            let out = try output(end - offset) { (raw) throws(CairnError) in
+                precondition(raw.count == end - offset, "output must hand fill exactly the bytes asked for")
+                whole.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<end])) }
+            }
+            return (out, 0..<(end - offset), size)
         }
         let blocks = sums.blocks(covering: offset..<end)
         let start = blocks.lowerBound * sums.blockBytes
         let stop = min(blocks.upperBound * sums.blockBytes, size)
-        var buffer = [UInt8](repeating: 0, count: stop - start)
-        try typedCairnErrors { try buffer.withUnsafeMutableBytes { raw in try preadFully(fd, into: raw, at: start, id: id) } }
-        let ok = buffer.withUnsafeBytes { raw -> Bool in
+        let out = try output(stop - start) { (raw) throws(CairnError) in
+            precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
+            try preadFully(fd, into: raw, at: start, id: id)
             for block in blocks {
                 let lo = block * sums.blockBytes - start
                 let hi = min(lo + sums.blockBytes, raw.count)
-                if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[lo..<hi])) != sums.checksums[block] { return false }
+                if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[lo..<hi])) != sums.checksums[block] {
+                    counters.withLock { $0.corruptReadTotal += 1 }
+                    quarantine(id, reason: "a block failed its checksum")
+                    throw CairnError(.corrupt, "chunk \(id) is corrupt (block checksum mismatch); quarantined")
+                }
             }
-            return true
         }
-        guard ok else {
-            counters.withLock { $0.corruptReadTotal += 1 }
-            quarantine(id, reason: "a block failed its checksum")
-            throw CairnError(.corrupt, "chunk \(id) is corrupt (block checksum mismatch); quarantined")
-        }
-        return (Array(buffer[(offset - start)..<(end - start)]), size)
+        return (out, (offset - start)..<(end - start), size)
     }
 
     /// Re-hashes a stored chunk and checks its block checksums, quarantining it if either fails.
@@ -563,11 +596,16 @@ public final class ChunkStore: Sendable {
     }
 
     func writeFileDurably(_ path: FilePath, bytes: [UInt8]) throws {
+        try writeFile(path, bytes: bytes, sync: configuration.syncWrites)
+    }
+
+    /// Writes a whole small file, fsyncing it when `sync` is set.
+    func writeFile(_ path: FilePath, bytes: [UInt8], sync: Bool) throws {
         let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .truncate],
                                          permissions: [.ownerReadWrite, .groupRead, .otherRead])
         do {
             _ = try fd.writeAll(bytes)
-            if configuration.syncWrites { try FileSystemCalls.fsync(fd) }
+            if sync { try FileSystemCalls.fsync(fd) }
             try fd.close()
         } catch {
             try? fd.close()

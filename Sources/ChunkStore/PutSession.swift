@@ -4,16 +4,27 @@ import SystemPackage
 /// One chunk being stored: bytes stream into a temp file while they are hashed and
 /// block-checksummed; `commit` installs the file only if the hash equals the claimed ID.
 ///
-/// Used by one caller at a time (hence `@unchecked Sendable`: it moves between the threads of a
-/// pool, never runs on two at once). Dropping an uncommitted session removes its temp file.
+/// The work on each piece of the chunk has two halves that can run on two threads at once:
+/// `hash(_:)` feeds the SHA-256, `write(_:)` checksums the blocks and writes the temp file.
+/// SHA-256 cannot be split across cores, so running the disk half beside it is what lets one
+/// stream go faster than hashing plus writing one after the other. `append(_:)` does both in
+/// turn.
+///
+/// Used by one caller per half at a time (hence `@unchecked Sendable`: each half moves between
+/// the threads of a pool, never runs on two at once, and the halves share no mutable state);
+/// `commit` and `abort` run once both halves are idle. Dropping an uncommitted session removes
+/// its temp file.
 public final class PutSession: @unchecked Sendable {
     public let id: ChunkID
     public let length: Int
     private let store: ChunkStore
-    private var temp: (fd: FileDescriptor, path: FilePath)?
+    /// Hashing half.
     private let hasher = SHA256()
+    private var hashedBytes = 0
+    /// Writing half.
+    private var temp: (fd: FileDescriptor, path: FilePath)?
     private var checksums: BlockChecksums.Builder
-    private var received = 0
+    private var writtenBytes = 0
     private var finished = false
 
     /// `temp` nil means the chunk is already stored: bytes are still checked, not written.
@@ -27,25 +38,69 @@ public final class PutSession: @unchecked Sendable {
 
     deinit { abort() }
 
-    /// Writes the next bytes of the chunk.
+    /// Hashes and writes the next bytes of the chunk.
     ///
     /// - Throws: `.invalidArgument` past the declared length; `.insufficientSpace` on ENOSPC;
     ///   `.io`. The session is aborted on any error.
     public func append(_ bytes: UnsafeRawBufferPointer) throws(CairnError) {
-        precondition(!finished, "append after commit or abort")
-        guard received + bytes.count <= length else {
+        do {
+            try hash(bytes)
+            try write(bytes)
+        } catch {
             abort()
+            throw error
+        }
+    }
+
+    /// Feeds the next bytes of the chunk to the SHA-256 (the hashing half of `append`). May run
+    /// while `write(_:)` runs on another thread.
+    ///
+    /// - Throws: `.invalidArgument` past the declared length. The caller must then `abort()`
+    ///   (or drop) the session once the writing half is idle.
+    public func hash(_ bytes: UnsafeRawBufferPointer) throws(CairnError) {
+        precondition(!finished, "hash after commit or abort")
+        guard hashedBytes + bytes.count <= length else {
             throw CairnError(.invalidArgument, "chunk \(id) got more than its declared \(length) bytes")
         }
         hasher.update(bytes)
+        hashedBytes += bytes.count
+    }
+
+    /// Checksums the blocks of the next bytes and writes them to the temp file (the writing
+    /// half of `append`). May run while `hash(_:)` runs on another thread.
+    ///
+    /// - Throws: `.invalidArgument` past the declared length; `.insufficientSpace` on ENOSPC;
+    ///   `.io`. The caller must then `abort()` (or drop) the session once the hashing half is
+    ///   idle.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(CairnError) {
+        precondition(!finished, "write after commit or abort")
+        guard writtenBytes + bytes.count <= length else {
+            throw CairnError(.invalidArgument, "chunk \(id) got more than its declared \(length) bytes")
+        }
         checksums.append(bytes)
-        received += bytes.count
+        writtenBytes += bytes.count
         guard let temp else { return }
         do {
             _ = try temp.fd.writeAll(bytes)
         } catch {
-            abort()
             throw ChunkStore.writeError("cannot write chunk \(id)", error)
+        }
+    }
+
+    /// Starts the bytes written so far on their way to the disk (`fdatasync` of the temp file),
+    /// so that the sync in `commit` has only the last bytes left to wait for. It guarantees
+    /// nothing by itself: `commit` still syncs the whole file before the chunk is installed.
+    /// May run while `hash(_:)` and `write(_:)` run on other threads (the kernel orders a sync
+    /// and a write on one file); not while `commit` or `abort` runs.
+    ///
+    /// - Throws: `.insufficientSpace`; `.io`. The caller must then `abort()` (or drop) the session.
+    public func syncWritten() throws(CairnError) {
+        precondition(!finished, "sync after commit or abort")
+        guard store.configuration.syncWrites, let temp else { return }
+        do {
+            try FileSystemCalls.fdatasync(temp.fd)
+        } catch {
+            throw ChunkStore.writeError("cannot sync chunk \(id)", error)
         }
     }
 
@@ -56,9 +111,9 @@ public final class PutSession: @unchecked Sendable {
     @discardableResult
     public func commit() throws(CairnError) -> PutOutcome {
         precondition(!finished, "commit after commit or abort")
-        guard received == length else {
+        guard hashedBytes == length, writtenBytes == length else {
             abort()
-            throw CairnError(.invalidArgument, "chunk \(id) got \(received) of its declared \(length) bytes")
+            throw CairnError(.invalidArgument, "chunk \(id) got \(min(hashedBytes, writtenBytes)) of its declared \(length) bytes")
         }
         let actual = hasher.finalize()
         guard actual == id else {

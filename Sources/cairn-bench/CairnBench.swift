@@ -58,10 +58,12 @@ struct ChunkBench: AsyncParsableCommand {
     @Option(help: "Chunk size in bytes.") var chunkBytes: Int = 4 << 20
     @Option(help: "Chunks per run.") var chunks: Int = 128
     @Option(help: "Seed that makes this run's chunks distinct from other runs'.") var seed: UInt64 = 1
+    @Option(help: "Requests in flight per stream (pipelined on its connection); 1 waits for each answer before sending the next.")
+    var pipeline: Int = 1
 
     func validate() throws {
         guard HostPort(server) != nil else { throw ValidationError("--server must be HOST:PORT") }
-        guard streams > 0, chunks > 0, chunkBytes > 0 else { throw ValidationError("counts must be positive") }
+        guard streams > 0, chunks > 0, chunkBytes > 0, pipeline > 0 else { throw ValidationError("counts must be positive") }
     }
 
     func run() async throws {
@@ -73,7 +75,9 @@ struct ChunkBench: AsyncParsableCommand {
             pool.append((SHA256.hash(base), ByteBuffer(bytes: base)))
         }
         let address = HostPort(server)!
-        let clients = try await (0..<streams).asyncMap { _ in try await ChunkClient.connect(to: address) }
+        let clients = try await (0..<streams).asyncMap { _ in
+            try await ChunkClient.connect(to: address, requestsInflightMax: max(pipeline, ChunkClient.requestsInflightMaxDefault))
+        }
         let work = pool
         let clock = ContinuousClock()
 
@@ -81,7 +85,7 @@ struct ChunkBench: AsyncParsableCommand {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for s in 0..<streams {
                 group.addTask {
-                    for i in stride(from: s, to: work.count, by: self.streams) {
+                    try await self.pipelined(Array(stride(from: s, to: work.count, by: self.streams))) { i in
                         let alreadyThere = try await clients[s].put(work[i].0, bytes: work[i].1)
                         precondition(!alreadyThere, "benchmark chunks must be new: use a fresh --seed")
                     }
@@ -95,7 +99,7 @@ struct ChunkBench: AsyncParsableCommand {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for s in 0..<streams {
                 group.addTask {
-                    for i in stride(from: s, to: work.count, by: self.streams) {
+                    try await self.pipelined(Array(stride(from: s, to: work.count, by: self.streams))) { i in
                         let bytes = try await clients[s].get(work[i].0)
                         precondition(bytes.readableBytes == self.chunkBytes)
                     }
@@ -106,7 +110,25 @@ struct ChunkBench: AsyncParsableCommand {
         let getSeconds = (clock.now - getStart).seconds
         for client in clients { await client.close() }
         let megabytes = Double(chunks * chunkBytes) / 1e6
-        print("chunks streams=\(streams) put \(Int(megabytes / putSeconds)) MB/s get \(Int(megabytes / getSeconds)) MB/s")
+        print("chunks streams=\(streams) pipeline=\(pipeline) put \(Int(megabytes / putSeconds)) MB/s get \(Int(megabytes / getSeconds)) MB/s")
+    }
+}
+
+extension ChunkBench {
+    /// Runs `operation` on each index in order, with at most `pipeline` of them in flight.
+    func pipelined(_ indices: [Int], _ operation: @escaping @Sendable (Int) async throws -> Void) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            var inflight = 0
+            for i in indices {
+                if inflight == pipeline {
+                    try await group.next()
+                    inflight -= 1
+                }
+                group.addTask { try await operation(i) }
+                inflight += 1
+            }
+            try await group.waitForAll()
+        }
     }
 }
 

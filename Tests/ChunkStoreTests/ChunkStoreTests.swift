@@ -156,6 +156,91 @@ import Testing
         #expect(try store.stats().quarantinedTotal == 0)
     }
 
+    /// A whole read through `read(_:offset:length:into:)` into an array of the size it asks for.
+    func readIntoArray(_ store: ChunkStore, _ id: ChunkID) throws(CairnError) -> (bytes: [UInt8], chunkLength: Int) {
+        let read = try store.read(id, offset: 0, length: nil, into: Self.makeArray)
+        return (Array(read.output[read.range]), read.chunkLength)
+    }
+
+    static func makeArray(_ count: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0xAA, count: count)
+        var failure: CairnError? = nil
+        buffer.withUnsafeMutableBytes { raw in
+            do throws(CairnError) { try fill(raw) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return buffer
+    }
+
+    /// The server's whole-chunk reads go through `read(_:offset:length:into:)`: block CRC-32Cs,
+    /// or SHA-256 when the checksum file is gone. Either way a flipped byte is never returned.
+    @Test func wholeReadIntoACallerBufferChecksBlocksOrFallsBackToSHA256() throws {
+        for sumsLost in [false, true] {
+            let dir = TestDirectory()
+            let store = try open(dir)
+            let bytes = testBytes(count: 300_000, seed: 11)
+            let id = SHA256.hash(bytes)
+            try store.put(id: id, bytes: bytes)
+            func wholeRead() throws(CairnError) -> [UInt8] {
+                let read = try readIntoArray(store, id)
+                #expect(read.chunkLength == bytes.count)
+                return read.bytes
+            }
+            let sums = dir.path.appending("sums").appending(String(id.hex.prefix(2))).appending(id.hex)
+            if sumsLost { try FileSystemCalls.unlink(sums) }
+            #expect(try wholeRead() == bytes)
+            // A lost checksum file was rebuilt by that read.
+            #expect(try FileSystemCalls.status(sums) != nil)
+            if sumsLost { try FileSystemCalls.unlink(sums) }
+            try flipByte(in: dir.path.appending("chunks").appending(String(id.hex.prefix(2))).appending(id.hex), at: 250_001)
+            do {
+                _ = try wholeRead()
+                Issue.record("corrupt chunk was served")
+            } catch {
+                #expect(error.code == .corrupt)
+            }
+            #expect(!store.has(id))
+            #expect(try store.stats().quarantinedTotal == 1)
+        }
+    }
+
+    /// The hashing and writing halves of a put, run on two threads at once (as the server's
+    /// lanes do), store the same chunk as `append`, and still refuse bytes that do not hash to the ID.
+    @Test func hashAndWriteHalvesOnTwoThreadsEqualAppend() async throws {
+        let dir = TestDirectory()
+        let store = try open(dir)
+        let bytes = testBytes(count: 1_000_003, seed: 12)
+        let id = SHA256.hash(bytes)
+        for claimed in [SHA256.hash(testBytes(count: 10, seed: 13)), id] {
+            let session = try store.beginPut(id: claimed, length: bytes.count)
+            let parts = stride(from: 0, to: bytes.count, by: 65_537).map { Array(bytes[$0..<min($0 + 65_537, bytes.count)]) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { for part in parts { try part.withUnsafeBytes { try session.hash($0) } } }
+                group.addTask {
+                    for part in parts {
+                        try part.withUnsafeBytes { try session.write($0) }
+                        try session.syncWritten()
+                    }
+                }
+                try await group.waitForAll()
+            }
+            if claimed == id {
+                #expect(try session.commit() == .stored)
+            } else {
+                do {
+                    try session.commit()
+                    Issue.record("a put whose bytes do not hash to its ID was kept")
+                } catch {
+                    #expect(error.code == .hashMismatch)
+                }
+                #expect(!store.has(claimed))
+            }
+        }
+        #expect(try store.get(id) == bytes)
+        #expect(try store.read(id, offset: 70_000, length: 5).bytes == Array(bytes[70_000..<70_005]))
+        #expect(try FileSystemCalls.directoryEntries(dir.path.appending("tmp")).isEmpty)
+    }
+
     @Test func openingRemovesLeftoverTempFilesAndCountsChunks() throws {
         let dir = TestDirectory()
         let bytes = testBytes(count: 10_000, seed: 9)
