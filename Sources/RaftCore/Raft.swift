@@ -336,7 +336,9 @@ final class Raft {
     }
 
     func applyMembership(_ conf: ConfState) {
-        tracker.setMembership(conf, nextIndex: log.lastIndex + 1)
+        // A new member starts probing at the last index (not after it), so the first append carries an entry
+        // and gets an answer at once.
+        tracker.setMembership(conf, nextIndex: max(log.lastIndex, 1))
         let pr = tracker.progress[id]
         isLearner = pr?.isLearner ?? false
         guard role == .leader else { return }
@@ -363,7 +365,9 @@ final class Raft {
             becomeFollower(term: term + 1, lead: noNode)
             return false
         }
-        guard meta.confState.contains(id) else { return false }
+        // Unlike etcd we accept a snapshot whose membership does not include us yet: a node joining as a
+        // learner is sent the leader's latest snapshot, which may predate its addition; it then learns its own
+        // addition from the log. Until then it is not in its own progress map, so it never campaigns.
         if log.matchTerm(index: meta.index, term: meta.term) {
             // We already have the entry: just fast-forward the commit index.
             log.commitTo(meta.index)
