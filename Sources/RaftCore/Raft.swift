@@ -156,12 +156,13 @@ final class Raft {
         role = .leader
         tracker.progress[id]?.becomeReplicate()
         tracker.progress[id]?.recentActive = true
-        // No conf change until everything up to here is applied: in particular until the no-op below, an
-        // entry of this term, is committed (the fix for single-server changes, Ongaro 2015).
-        pendingConfIndex = log.lastIndex
         // The no-op: committing it commits everything before it (the current-term commit rule, §5.4.2).
         let appended = appendEntries([Entry(term: term, index: 0)])
         precondition(appended, "a new leader's empty entry cannot be refused")
+        // No conf change until everything up to and including the no-op is applied: an entry of this term
+        // must be committed first (the fix for single-server changes, Ongaro 2015). Stricter than etcd, which
+        // sets this before appending the no-op.
+        pendingConfIndex = log.lastIndex
     }
 
     private func resetRandomizedElectionTimeout() {

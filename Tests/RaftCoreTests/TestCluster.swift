@@ -50,6 +50,16 @@ final class TestCluster {
 
     func node(_ id: NodeID) -> RawNode { nodes[id]!.raw }
 
+    /// A crash and restart: a new RawNode over what the node persisted (its MemoryStorage).
+    func restart(_ id: NodeID) {
+        var n = nodes[id]!
+        var config = n.config
+        config.applied = n.applied.last?.index ?? ((try? n.storage.snapshot().metadata.index) ?? 0)
+        n.raw = try! RawNode(config: config, storage: n.storage)
+        nodes[id] = n
+        inbox[id] = []
+    }
+
     func say(_ line: String) { if narrate { output.append(line) } }
 
     // MARK: - Network
