@@ -15,6 +15,8 @@ public final class MemoryStorage: LogStorage {
     public init(bootstrap confState: ConfState) {
         snapshotValue = Snapshot(metadata: SnapshotMetadata(index: 1, term: 1, confState: confState))
         entriesValue = [Entry(term: 1, index: 1)]
+        // Term 1 belongs to the bootstrap: the first election is for term 2.
+        hardState = HardState(term: 1, vote: noNode, commit: 1)
     }
 
     private var offset: UInt64 { entriesValue[0].index }

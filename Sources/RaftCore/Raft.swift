@@ -156,12 +156,13 @@ final class Raft {
         role = .leader
         tracker.progress[id]?.becomeReplicate()
         tracker.progress[id]?.recentActive = true
-        // No conf change until everything up to here is applied: in particular until the no-op below, an
-        // entry of this term, is committed (the fix for single-server changes, Ongaro 2015).
-        pendingConfIndex = log.lastIndex
         // The no-op: committing it commits everything before it (the current-term commit rule, §5.4.2).
         let appended = appendEntries([Entry(term: term, index: 0)])
         precondition(appended, "a new leader's empty entry cannot be refused")
+        // No conf change until everything up to and including the no-op is applied: an entry of this term
+        // must be committed first (the fix for single-server changes, Ongaro 2015). Stricter than etcd, which
+        // sets this before appending the no-op.
+        pendingConfIndex = log.lastIndex
     }
 
     private func resetRandomizedElectionTimeout() {
@@ -336,7 +337,9 @@ final class Raft {
     }
 
     func applyMembership(_ conf: ConfState) {
-        tracker.setMembership(conf, nextIndex: log.lastIndex + 1)
+        // A new member starts probing at the last index (not after it), so the first append carries an entry
+        // and gets an answer at once.
+        tracker.setMembership(conf, nextIndex: max(log.lastIndex, 1))
         let pr = tracker.progress[id]
         isLearner = pr?.isLearner ?? false
         guard role == .leader else { return }
@@ -363,7 +366,9 @@ final class Raft {
             becomeFollower(term: term + 1, lead: noNode)
             return false
         }
-        guard meta.confState.contains(id) else { return false }
+        // Unlike etcd we accept a snapshot whose membership does not include us yet: a node joining as a
+        // learner is sent the leader's latest snapshot, which may predate its addition; it then learns its own
+        // addition from the log. Until then it is not in its own progress map, so it never campaigns.
         if log.matchTerm(index: meta.index, term: meta.term) {
             // We already have the entry: just fast-forward the commit index.
             log.commitTo(meta.index)

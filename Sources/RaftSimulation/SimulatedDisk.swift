@@ -19,6 +19,7 @@ struct SimulatedDisk {
     init(founder confState: ConfState?) {
         if let confState {
             durable = DiskImage(snapshot: Snapshot(metadata: SnapshotMetadata(index: 1, term: 1, confState: confState)))
+            durable.hardState = HardState(term: 1, vote: noNode, commit: 1)
         } else {
             durable = DiskImage(snapshot: Snapshot())
         }

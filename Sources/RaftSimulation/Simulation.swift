@@ -23,14 +23,20 @@ public final class Simulation {
     private var coverage: [String: Int] = [:]
     /// Per-node config, fixed for the run (randomized within bounds by the seed).
     private var nodeConfigs: [Config] = []
+    /// Each node's clock runs at its own rate (drift within 0.7×–1.5×): correct Raft does not care, a leader that
+    /// trusts a lease does.
+    private var tickMicrosPerNode: [UInt64] = []
     /// Receives one line per event when set (replaying a failing seed with `--trace`).
     public var trace: ((String) -> Void)?
+    private var staleLeaderMarked = Set<UInt64>()
 
     /// Bounds on the fault schedule.
     private let faultGapMicrosMax: UInt64 = 400_000
     private let downMicrosMax: UInt64 = 2_000_000
     private let redirectsMax = 8
     private let pendingPerNodeMax = 64
+    /// Chance (percent) that a buggify fault point fires when reached; varies per seed.
+    private var buggifyPercent: UInt64 = 3
 
     enum Event {
         case tick(NodeID, incarnation: Int)
@@ -44,6 +50,7 @@ public final class Simulation {
         case fault
         case restart(NodeID)
         case flap(from: NodeID, to: NodeID, remaining: Int)
+        case healAll
         case stopFaults
     }
 
@@ -74,6 +81,7 @@ public final class Simulation {
         let messageBytesMax = [64, 256, 4096][random.int(in: 0...2)]
         let inflightMessagesMax = [1, 4, 64][random.int(in: 0...2)]
         let chunkBytesMax = [16, 128, 4096][random.int(in: 0...2)]
+        buggifyPercent = [2, 5, 15][random.int(in: 0...2)]
         for id in 1...UInt64(options.nodeCount + 1) {
             var config = Config(id: id)
             config.electionTicks = 10
@@ -89,6 +97,7 @@ public final class Simulation {
             nodeConfigs.append(config)
             let conf = id <= UInt64(options.nodeCount) ? founders : nil
             nodes.append(SimulatedNode(id: id, disk: SimulatedDisk(founder: conf), config: config))
+            tickMicrosPerNode.append(options.tickMicros * UInt64(random.int(in: 70...150)) / 100)
         }
         for c in 0..<options.clientCount {
             clients.append(ClientState(id: c, leaderGuess: UInt64(random.int(in: 1...options.nodeCount))))
@@ -98,7 +107,10 @@ public final class Simulation {
     private var allIDs: [NodeID] { nodes.map(\.id) }
     private func node(_ id: NodeID) -> SimulatedNode { nodes[Int(id) - 1] }
 
-    private func mark(_ probe: String) { coverage[probe, default: 0] += 1 }
+    private func mark(_ probe: String) {
+        coverage[probe, default: 0] += 1
+        if let trace { trace("   * \(probe)") }
+    }
 
     // MARK: - Running
 
@@ -164,7 +176,7 @@ public final class Simulation {
             guard n.up, n.incarnation == incarnation else { return }
             n.raw.tick()
             drive(n)
-            scheduleTick(n, after: options.tickMicros)
+            scheduleTick(n, after: tickMicrosPerNode[Int(id) - 1])
         case .deliver(let m):
             let n = node(m.to)
             guard n.up else { return }
@@ -178,6 +190,7 @@ public final class Simulation {
             checker.checkDurable(node: id, before: before, after: n.disk.durable.hardState, now: now, fail: fail)
             n.awaitingSync = nil
             finishReady(n, rd)
+            buggifyCrashAfterCommit(n, rd)
             drive(n)
         case .clientRequest(let id, let request):
             serve(node(id), request)
@@ -203,6 +216,8 @@ public final class Simulation {
             queue.push(at: now + 5_000 + random.next(below: 60_000), .flap(from: from, to: to, remaining: remaining - 1))
         case .stopFaults:
             break
+        case .healAll:
+            if faultsActive { network.healAll() }
         }
     }
 
@@ -234,6 +249,16 @@ public final class Simulation {
                 n.storage.setHardState(hs)
                 n.disk.write(.hardState(hs))
             }
+            if faultsActive && rd.softState?.role ?? n.raw.status.role == .leader && !rd.entries.isEmpty
+                && random.chance(buggifyPercent, in: 100)
+            {
+                // Buggify: isolate a leader right after it appended, before its appends leave: divergent logs.
+                for other in allIDs where other != n.id {
+                    network.block(from: n.id, to: other)
+                    network.block(from: other, to: n.id)
+                }
+                mark("buggify: leader isolated after append")
+            }
             if rd.mustSync {
                 // 2. fsync takes time; a crash before it completes loses (a suffix of) what was written.
                 n.awaitingSync = rd
@@ -241,7 +266,17 @@ public final class Simulation {
                 return
             }
             finishReady(n, rd)
+            buggifyCrashAfterCommit(n, rd)
         }
+    }
+
+    /// Buggify: crash a leader right after it advanced its commit index (the moment figure 8 is about).
+    private func buggifyCrashAfterCommit(_ n: SimulatedNode, _ rd: Ready) {
+        guard faultsActive, n.up, rd.hardState != nil, n.raw.status.role == .leader, random.chance(buggifyPercent, in: 100),
+            nodes.filter({ !$0.up }).count < max(1, (options.nodeCount - 1) / 2)
+        else { return }
+        mark("buggify: leader crashed after commit")
+        crash(n)
     }
 
     /// After the Ready's writes are durable: send, apply, serve reads, advance, compact.
@@ -293,6 +328,10 @@ public final class Simulation {
             if let index = read.readIndex, n.appliedIndex >= index {
                 reply(from: n, read.request, .ok(n.store.get(read.request.operation.key)))
                 mark("read served")
+                let term = n.raw.status.term
+                if nodes.contains(where: { $0.up && $0.raw.status.role == .leader && $0.raw.status.term > term }) {
+                    mark("read served while a newer leader exists")
+                }
             } else {
                 still.append(read)
             }
@@ -371,7 +410,7 @@ public final class Simulation {
         let members = (1...UInt64(options.nodeCount)).map { $0 }
         let upCount = nodes.filter(\.up).count
         let downAllowed = nodes.count - upCount < max(1, (options.nodeCount - 1) / 2)
-        switch random.int(in: 0...15) {
+        switch random.int(in: 0...17) {
         case 0, 1:
             if downAllowed, let victim = nodes.filter(\.up).randomElement(using: &random) { crash(victim) }
         case 2:
@@ -390,12 +429,19 @@ public final class Simulation {
                 if a != b { network.block(from: a, to: b) }
             }
             mark("asymmetric partition")
-        case 5:
+        case 5, 8:
             if let l = leaderID {
                 for other in allIDs where other != l {
                     network.block(from: l, to: other)
                     network.block(from: other, to: l)
                 }
+                // A stalling VM often does both: its network drops and its timers run late.
+                if random.chance(1, in: 2) {
+                    tickMicrosPerNode[Int(l) - 1] = options.tickMicros * UInt64(random.int(in: 150...250)) / 100
+                    mark("isolated leader's clock slowed")
+                }
+                // Clients can still reach it. Long enough for the others to elect a new leader.
+                queue.push(at: now + 200_000 + random.next(below: 1_500_000), .healAll)
                 mark("leader isolated")
             }
         case 6:
@@ -405,7 +451,7 @@ public final class Simulation {
                 queue.push(at: now + 1_000, .flap(from: a, to: b, remaining: random.int(in: 4...40)))
                 mark("flapping link")
             }
-        case 7, 8:
+        case 7:
             network.healAll()
         case 9:
             network.lossPercent = UInt64(random.int(in: 0...20))
@@ -426,6 +472,11 @@ public final class Simulation {
             if let victim = nodes.filter(\.up).randomElement(using: &random), victim.awaitingSync == nil {
                 maybeCompact(victim, force: true)
             }
+        case 16, 17:
+            // Clock drift (a VM stalled, a slow timer): a node's ticks slow down or speed up, 0.5×–2×.
+            let i = random.int(in: 0...(nodes.count - 1))
+            tickMicrosPerNode[i] = options.tickMicros * UInt64(random.int(in: 50...200)) / 100
+            mark("clock drift")
         default:
             if let victim = nodes.filter({ !$0.up }).randomElement(using: &random) { restart(victim) }
         }
@@ -501,12 +552,13 @@ public final class Simulation {
         let key = "k\(random.int(in: 0...(options.keyCount - 1)))"
         let operation: KVOperation
         if clients[c].livenessProbePending {
-            operation = .put(key: key, value: "live\(c).\(seq)")
+            operation = .put(key: key, value: "<live\(c).\(seq)>")
         } else {
             switch random.int(in: 0...9) {
             case 0...3: operation = .get(key: key)
-            case 4...6: operation = .put(key: key, value: "\(c).\(seq)")
-            default: operation = .append(key: key, value: "+\(c).\(seq)")
+            // Unique, delimited tokens: "observed" is then a substring test (see the linearizability checker).
+            case 4...6: operation = .put(key: key, value: "<p\(c).\(seq)>")
+            default: operation = .append(key: key, value: "<a\(c).\(seq)>")
             }
         }
         history.append(HistoryOperation(client: c, operation: operation, invoked: now, returned: nil, output: nil))
@@ -522,11 +574,12 @@ public final class Simulation {
         clients[c].current = current
         let request = ClientRequest(client: c, sequence: clients[c].sequence, attempt: current.attempt,
                                     operation: current.operation)
-        let target = clients[c].leaderGuess
+        // Clients mostly go to the leader they believe in, sometimes anywhere (a load balancer, a stale cache).
+        let target = random.chance(1, in: 4) ? UInt64(random.int(in: 1...nodes.count)) : clients[c].leaderGuess
         if !(faultsActive && random.chance(network.lossPercent, in: 100)) {
             queue.push(at: now + network.delay(&random), .clientRequest(target, request))
         }
-        queue.push(at: now + options.clientTimeoutMicros,
+        queue.push(at: now + options.clientTimeoutMicros / 4 + random.next(below: options.clientTimeoutMicros * 3 / 4),
                    .clientTimeout(c, sequence: clients[c].sequence, attempt: current.attempt))
     }
 
@@ -599,6 +652,12 @@ public final class Simulation {
             if violation != nil { return }
         }
         if let trace { trace("   \(statusLine())") }
+        let leaders = nodes.filter { $0.up && $0.raw.status.role == .leader }
+        if leaders.count > 1, let stale = leaders.min(by: { $0.raw.status.term < $1.raw.status.term }),
+            staleLeaderMarked.insert(stale.raw.status.term).inserted
+        {
+            mark("stale leader coexists with a newer one")
+        }
     }
 }
 
