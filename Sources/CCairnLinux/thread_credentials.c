@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "CCairnLinux.h"
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -22,6 +23,14 @@ int cairn_thread_become_root(void) {
     if (syscall(SYS_setresuid, 0, 0, 0) != 0) return -1;
     if (syscall(SYS_setresgid, 0, 0, 0) != 0) return -1;
     if (syscall(SYS_setgroups, 0, (const gid_t *)0) != 0) return -1;
+    return 0;
+}
+
+int cairn_thread_chroot(const char *path, uint32_t mask) {
+    if (unshare(CLONE_FS) != 0) return -1;
+    if (chroot(path) != 0) return -1;
+    if (chdir("/") != 0) return -1;
+    umask((mode_t)mask);
     return 0;
 }
 

@@ -29,6 +29,11 @@ int cairn_thread_set_credentials(uint32_t uid, uint32_t gid, const uint32_t *gro
 /// `cairn_thread_set_credentials`. Returns 0, or -1 with errno set.
 int cairn_thread_become_root(void);
 
+/// Gives the calling thread its own root, working directory and umask (unshare(CLONE_FS)),
+/// then chroot(2)s it into `path`, changes to "/" and sets `mask` as its umask. Nothing else
+/// in the process is affected. Returns 0, or -1 with errno set. The caller must be root.
+int cairn_thread_chroot(const char *path, uint32_t mask);
+
 /// renameat2(2) with its flags (RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2), through the
 /// raw system call. Returns 0, or -1 with errno set.
 int cairn_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
