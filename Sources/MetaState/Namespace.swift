@@ -184,6 +184,7 @@ public struct Namespace: Sendable, Equatable {
             guard let record = inodes[inode] else { throw .ENOENT }
             try checkXattrName(name)
             try xattrPermission(record, name, write: false, cred)
+            try checkXattrNamespace(name)
             guard let value = record.xattrs[name] else { throw .ENODATA }
             if let sizeMax, value.count > sizeMax { throw .ERANGE }
             return value
@@ -356,8 +357,7 @@ public struct Namespace: Sendable, Equatable {
     public mutating func rename(_ oldParent: InodeNumber, _ oldName: [UInt8], _ newParent: InodeNumber, _ newName: [UInt8],
                                 flags: RenameFlags, _ cred: Credentials, now: Timestamp) -> Result<[ChunkID], FileSystemError> {
         attempt { () throws(FileSystemError) in
-            if flags.rawValue & ~(RenameFlags.noReplace.rawValue | RenameFlags.exchange.rawValue) != 0
-                || flags.contains([.noReplace, .exchange]) { throw .EINVAL }
+            if let error = Self.checkRenameFlags(flags) { throw error }
             let oldDir = try directoryRecord(oldParent)
             let newDir = try directoryRecord(newParent)
             guard permitted(oldDir, 1, cred), permitted(newDir, 1, cred) else { throw .EACCES }
@@ -421,6 +421,25 @@ public struct Namespace: Sendable, Equatable {
         }
     }
 
+    /// The xattr syscalls check their arguments before they look at the path: flags (EINVAL),
+    /// then the name (empty or longer than the bound: ERANGE), then the value's size (E2BIG).
+    public func checkXattrArguments(name: [UInt8], valueCount: Int = 0, flags: XattrFlags = []) -> FileSystemError? {
+        if flags.rawValue & ~(XattrFlags.create.rawValue | XattrFlags.replace.rawValue) != 0 { return .EINVAL }
+        if name.isEmpty || name.count > limits.xattrNameBytesMax { return .ERANGE }
+        if name.contains(0) { return .EINVAL }
+        if valueCount > limits.xattrValueBytesMax { return .E2BIG }
+        return nil
+    }
+
+    /// renameat2 refuses bad flags before it looks at any path: EINVAL for unknown bits
+    /// (RENAME_WHITEOUT, which only overlay file systems use, is not supported) and for
+    /// RENAME_NOREPLACE together with RENAME_EXCHANGE.
+    public static func checkRenameFlags(_ flags: RenameFlags) -> FileSystemError? {
+        if flags.rawValue & ~(RenameFlags.noReplace.rawValue | RenameFlags.exchange.rawValue) != 0
+            || flags.contains([.noReplace, .exchange]) { return .EINVAL }
+        return nil
+    }
+
     // MARK: Changing
 
     /// setattr: chmod, chown/chgrp, truncate, utimensat, with the kernel's permission rules.
@@ -454,12 +473,10 @@ public struct Namespace: Sendable, Equatable {
                 if let uid = changes.uid, !(cred.isRoot || (cred.uid == record.uid && uid == record.uid)) { throw .EPERM }
                 if let gid = changes.gid, !(cred.isRoot || (cred.uid == record.uid && (gid == record.gid || cred.inGroup(gid)))) { throw .EPERM }
             }
-            let explicitTime: Bool = {
-                if case .set = changes.atime { return true }
-                if case .set = changes.mtime { return true }
-                return false
-            }()
+            // utimensat: both UTIME_NOW is a "touch" anyone with write permission may do; any
+            // other change of a time (one NOW and one OMIT included) is for the owner only.
             let touches = changes.atime != .omit || changes.mtime != .omit
+            let explicitTime = touches && !(changes.atime == .now && changes.mtime == .now)
             if explicitTime {
                 if !ownerOrRoot(record, cred) { throw .EPERM }
             } else if touches {
@@ -554,10 +571,8 @@ public struct Namespace: Sendable, Equatable {
     public mutating func setxattr(_ inode: InodeNumber, _ name: [UInt8], _ value: [UInt8], flags: XattrFlags,
                                   _ cred: Credentials, now: Timestamp) -> Result<Void, FileSystemError> {
         attempt { () throws(FileSystemError) in
-            if flags.rawValue & ~(XattrFlags.create.rawValue | XattrFlags.replace.rawValue) != 0 { throw .EINVAL }
+            if let error = checkXattrArguments(name: name, valueCount: value.count, flags: flags) { throw error }
             guard let record = inodes[inode] else { throw .ENOENT }
-            try checkXattrName(name)
-            if value.count > limits.xattrValueBytesMax { throw .E2BIG }
             try xattrPermission(record, name, write: true, cred)
             try checkXattrNamespace(name)
             let old = record.xattrs[name]
@@ -900,8 +915,7 @@ extension Namespace {
     }
 
     func checkXattrName(_ name: [UInt8]) throws(FileSystemError) {
-        if name.isEmpty || name.count > limits.xattrNameBytesMax { throw .ERANGE }
-        if name.contains(0) { throw .EINVAL }
+        if let error = checkXattrArguments(name: name) { throw error }
     }
 
     /// Namespaces the state machine stores: user.* and trusted.* (security.* and system.* need

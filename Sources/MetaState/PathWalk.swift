@@ -16,8 +16,8 @@ extension Namespace {
     }
 
     /// The directory holding the last component of `path`, and that component (which may be
-    /// "." or ".."; "/" alone gives the root and "."). The directory's search permission is
-    /// not checked here: the operation on the last component checks it, as the kernel does.
+    /// "." or ".."; "/" alone gives the root and "."). Like link_path_walk, this checks search
+    /// permission on that directory too, before the operation looks at the last component.
     public func resolveParent(_ path: [UInt8], _ cred: Credentials) -> Result<(InodeNumber, [UInt8]), FileSystemError> {
         attempt { () throws(FileSystemError) in
             var components = try split(path)
@@ -25,6 +25,7 @@ extension Namespace {
             var links = 0
             let parent = try walk(components, from: Self.rootInode, cred, followLast: true, links: &links)
             guard inodes[parent]!.type == .directory else { throw .ENOTDIR }
+            guard permitted(inodes[parent]!, 1, cred) else { throw .EACCES }
             return (parent, last)
         }
     }

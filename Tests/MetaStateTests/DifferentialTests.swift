@@ -131,7 +131,7 @@ struct DifferentialGenerator {
         case 28..<33: return .unlink(path())
         case 33..<37: return .rmdir(path())
         case 37..<41: return .link(path(), path())
-        case 41..<49: return .rename(path(), path(), pick([0, 0, 0, 1, 2, 3, 4]))
+        case 41..<49: return .rename(path(), path(), pick([0, 0, 0, 1, 2, 3]))
         case 49..<56: return .chmod(path(), mode())
         case 56..<61:
             let ids: [UInt32?] = [nil, 0, 1000, 1001, 1002, 2000, 3000]
@@ -207,6 +207,7 @@ struct ModelSide {
                 parent(new).flatMap { ns.link(source, $0.0, $0.1, cred, now: t) }
             })
         case .rename(let old, let new, let flags):
+            if let error = Namespace.checkRenameFlags(RenameFlags(rawValue: flags)) { return .failed(error.errno) }
             return Self.outcome(parent(old).flatMap { o in
                 parent(new).flatMap { n in ns.rename(o.0, o.1, n.0, n.1, flags: RenameFlags(rawValue: flags), cred, now: t) }
             })
@@ -232,6 +233,8 @@ struct ModelSide {
             return Self.outcome(parent(p).flatMap { ns.create($0.0, $0.1, flags: [.read, .noFollow], mode: 0, session: session, cred, now: t) }
                 .flatMap { ns.close(session: session, handle: $0.0.handle) })
         case .utimens(let p, let atime, let mtime):
+            // utimensat(2) returns 0 before walking the path when both times are UTIME_OMIT.
+            if atime == .omit && mtime == .omit { return .ok }
             return Self.outcome(inode(p, follow: true).flatMap { ns.setattr($0, AttributeChanges(atime: atime, mtime: mtime), cred, now: t) })
         case .stat(let p, let follow):
             return Self.outcome(inode(p, follow: follow).flatMap { ns.getattr($0) }) { .status(StatusSummary($0)) }
@@ -241,16 +244,19 @@ struct ModelSide {
             return Self.outcome(inode(p, follow: true).flatMap { dir in readAll(dir, page: page, cred) }) { .names($0) }
         case .setxattr(let p, let name, let length, let flags):
             let value = testBytes(count: length, seed: chunkSeed)
+            if let e = ns.checkXattrArguments(name: b(name), valueCount: length, flags: XattrFlags(rawValue: flags)) { return .failed(e.errno) }
             return Self.outcome(inode(p, follow: false).flatMap { ns.setxattr($0, b(name), value, flags: XattrFlags(rawValue: flags), cred, now: t) })
         case .getxattr(let p, let name, let size):
+            if let e = ns.checkXattrArguments(name: b(name)) { return .failed(e.errno) }
             return Self.outcome(inode(p, follow: false).flatMap { ns.getxattr($0, b(name), sizeMax: size == 0 ? nil : size, cred) }) {
                 size == 0 ? .length($0.count) : .bytes($0)
             }
         case .listxattr(let p, let size):
             return Self.outcome(inode(p, follow: false).flatMap { ns.listxattr($0, sizeMax: size == 0 ? nil : size, cred) }) { names in
-                size == 0 ? .length(names.reduce(0) { $0 + $1.count + 1 }) : .names(names.map { String(decoding: $0, as: UTF8.self) })
+                size == 0 ? .length(names.reduce(0) { $0 + $1.count + 1 }) : .names(names.map { String(decoding: $0, as: UTF8.self) }.sorted())
             }
         case .removexattr(let p, let name):
+            if let e = ns.checkXattrArguments(name: b(name)) { return .failed(e.errno) }
             return Self.outcome(inode(p, follow: false).flatMap { ns.removexattr($0, b(name), cred, now: t) })
         }
     }
@@ -356,7 +362,7 @@ func compareTrees(_ model: ModelSide) -> String? {
             }
             let kernelXattrs = Kernel.listxattr(child, size: 65536)
             let modelXattrs = ModelSide.outcome(model.ns.listxattr(childInode, sizeMax: nil, .root)) {
-                .names($0.map { String(decoding: $0, as: UTF8.self) })
+                .names($0.map { String(decoding: $0, as: UTF8.self) }.sorted())
             }
             if kernelXattrs != modelXattrs { return "xattrs of \(child): kernel \(kernelXattrs) model \(modelXattrs)" }
             if record.type == .directory, let difference = walk(child, childInode, depth: depth + 1) { return difference }
@@ -370,6 +376,7 @@ struct DifferentialRun {
     var ops = 0
     var opsPerKind: [String: Int] = [:]
     var failuresPerKind: [String: Int] = [:]
+    var errnos: [String: Int] = [:]
     var mismatch: String?
 }
 
@@ -382,15 +389,23 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
         var generator = DifferentialGenerator(rng: SplitMix(seed: seed))
         var run = DifferentialRun()
         let replay = "CAIRN_META_SEED=\(seed) CAIRN_META_OPS=\(count) swift test --filter MetaStateTests.DifferentialTests"
+        // A prologue (as root) gives the other users somewhere to work: an open directory, a
+        // sticky one, a set-group-ID one of group 2000 and a closed one.
+        let prologue: [DifferentialOp] = [.chmod(".", 0o777), .mkdir("a", 0o777), .mkdir("b", 0o1777), .mkdir("c", 0o2775),
+                                          .chown("c", uid: nil, gid: 2000, follow: true), .chmod("c", 0o2777), .mkdir("d", 0o755)]
         for index in 0..<count {
-            let op = generator.next()
-            let cred = differentialUsers[Int(generator.rng.next() % UInt64(differentialUsers.count))]
+            let op = index < prologue.count ? prologue[index] : generator.next()
+            let userIndex = generator.rng.next() % 20
+            let cred = index < prologue.count || userIndex < 6 ? Credentials.root : differentialUsers[1 + Int(userIndex % 3)]
             let chunkSeed = seed &* 1_000_003 &+ UInt64(index)
             let kernel = runOnKernel(op, as: cred, chunkSeed: chunkSeed)
             let modelOutcome = model.run(op, as: cred, chunkSeed: chunkSeed)
             run.ops += 1
             run.opsPerKind[op.kind, default: 0] += 1
-            if case .failed = kernel { run.failuresPerKind[op.kind, default: 0] += 1 }
+            if case .failed(let e) = kernel {
+                run.failuresPerKind[op.kind, default: 0] += 1
+                run.errnos["\(FileSystemError(errno: e))", default: 0] += 1
+            }
             if kernel != modelOutcome {
                 run.mismatch = "seed \(seed) op #\(index) [\(op)] as uid \(cred.uid) gid \(cred.gid) groups \(cred.groups): "
                     + "kernel \(kernel), model \(modelOutcome). Replay: \(replay)"
@@ -421,17 +436,22 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
             seeds = Array(base..<base + n)
         }
         var total = DifferentialRun()
+        var seedsRun = 0
+        let clock = ContinuousClock.now
         for seed in seeds {
+            seedsRun += 1
             let run = try runDifferential(seed: seed, count: count, treeEvery: 50)
             total.ops += run.ops
             for (k, v) in run.opsPerKind { total.opsPerKind[k, default: 0] += v }
             for (k, v) in run.failuresPerKind { total.failuresPerKind[k, default: 0] += v }
+            for (k, v) in run.errnos { total.errnos[k, default: 0] += v }
             if let mismatch = run.mismatch {
                 Issue.record(Comment(rawValue: mismatch))
                 break
             }
         }
         let coverage = total.opsPerKind.keys.sorted().map { "\($0) \(total.opsPerKind[$0]!) (\(total.failuresPerKind[$0] ?? 0) errors)" }
-        print("differential: \(seeds.count) seeds, \(total.ops) ops: " + coverage.joined(separator: ", "))
+        print("differential: \(seedsRun) seeds in \(ContinuousClock.now - clock), \(total.ops) ops: " + coverage.joined(separator: ", ")
+              + "; errnos: " + total.errnos.keys.sorted().map { "\($0) \(total.errnos[$0]!)" }.joined(separator: ", "))
     }
 }

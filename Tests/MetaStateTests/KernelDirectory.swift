@@ -168,8 +168,9 @@ enum Kernel {
         let n = cairn_llistxattr(path, &buffer, size)
         guard n >= 0 else { return .failed(errno) }
         if size == 0 { return .length(n) }
+        // listxattr's order is unspecified (tmpfs returns its own); compare as sorted sets.
         let names = buffer.prefix(n).split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
-        return .names(names)
+        return .names(names.sorted())
     }
 
     static func getxattr(_ path: String, _ name: String, size: Int) -> Outcome {
