@@ -469,9 +469,26 @@ public struct Namespace: Sendable, Equatable {
                 if !ownerOrRoot(record, cred) { throw .EPERM }
                 _ = mode
             }
+            // chown: root may give anything away; the owner may only "change" the uid to itself
+            // and the gid to a group it is in. On anything but a directory it also kills
+            // set-user-ID, and set-group-ID when group-executable or the caller is outside the
+            // file's group (ATTR_KILL_SUID, setattr_should_drop_sgid); changing the mode that
+            // way needs the owner or root, as any mode change does.
+            var chownMode: UInt32?
             if changes.uid != nil || changes.gid != nil {
                 if let uid = changes.uid, !(cred.isRoot || (cred.uid == record.uid && uid == record.uid)) { throw .EPERM }
                 if let gid = changes.gid, !(cred.isRoot || (cred.uid == record.uid && (gid == record.gid || cred.inGroup(gid)))) { throw .EPERM }
+                if record.type != .directory, changes.mode == nil {
+                    var m = record.mode & ~ModeBits.setUID
+                    if m & ModeBits.setGID != 0, m & ModeBits.groupExecute != 0 || !(cred.isRoot || cred.inGroup(record.gid)) {
+                        m &= ~ModeBits.setGID
+                    }
+                    if m != record.mode {
+                        if !ownerOrRoot(record, cred) { throw .EPERM }
+                        if !cred.isRoot, !cred.inGroup(changes.gid ?? record.gid) { m &= ~ModeBits.setGID }
+                        chownMode = m
+                    }
+                }
             }
             // utimensat: both UTIME_NOW is a "touch" anyone with write permission may do; any
             // other change of a time (one NOW and one OMIT included) is for the owner only.
@@ -505,15 +522,7 @@ public struct Namespace: Sendable, Equatable {
             if changes.uid != nil || changes.gid != nil {
                 if let uid = changes.uid { record.uid = uid }
                 if let gid = changes.gid { record.gid = gid }
-                if record.type != .directory, changes.mode == nil {
-                    if record.mode & ModeBits.setUID != 0 {
-                        record.mode &= ~ModeBits.setUID
-                        if !cred.isRoot, !cred.inGroup(record.gid) { record.mode &= ~ModeBits.setGID }
-                    }
-                    if record.mode & (ModeBits.setGID | ModeBits.groupExecute) == (ModeBits.setGID | ModeBits.groupExecute) {
-                        record.mode &= ~ModeBits.setGID
-                    }
-                }
+                if let chownMode { record.mode = chownMode }
                 record.ctime = now
             }
             switch changes.atime {

@@ -90,7 +90,8 @@ struct DifferentialGenerator {
         if r < 5 { return String(repeating: "n", count: 256) }
         if r < 6 { return pick(names) + "/" + String(repeating: "m", count: 255) }
         if r < 7 { return pick(names) + "/." }
-        let depth = 1 + Int(rng.next() % 3)
+        let roll = rng.next() % 100
+        let depth = roll < 45 ? 1 : roll < 80 ? 2 : 3
         return (0..<depth).map { _ in pick(names) }.joined(separator: "/")
     }
 
@@ -132,12 +133,16 @@ struct DifferentialGenerator {
         case 33..<37: return .rmdir(path())
         case 37..<41: return .link(path(), path())
         case 41..<49: return .rename(path(), path(), pick([0, 0, 0, 1, 2, 3]))
-        case 49..<56: return .chmod(path(), mode())
+        case 49..<56:
+            // Closing the root to everyone would end the run's interesting part: keep it open.
+            let p = path()
+            return .chmod(p, p == "." ? pick([0o777, 0o1777, 0o2777]) : mode())
         case 56..<61:
             let ids: [UInt32?] = [nil, 0, 1000, 1001, 1002, 2000, 3000]
+            // chown(-1, -1) is left out: FUSE would send it as a mode change, not as a chown.
             var uid = pick(ids), gid = pick(ids)
-            if uid == nil && gid == nil { gid = 2000 }
             if chance(30) { uid = nil }
+            if uid == nil && gid == nil { gid = 2000 }
             return .chown(path(), uid: uid, gid: gid, follow: chance(70))
         case 61..<64: return .truncate(path(), pick([0, 1, 100, 4096, 70_000, 300_000]))
         case 64..<69: return .write(path(), offset: pick([0, 10, 4096, 65_536, 200_000]), length: pick([1, 100, 5000, 65_536]))
