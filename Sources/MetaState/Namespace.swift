@@ -863,7 +863,7 @@ extension Namespace {
     mutating func addHandle(_ session: SessionID, _ inode: InodeNumber, _ flags: OpenFlags) -> HandleID {
         let handle = sessions[session]!.nextHandle
         sessions[session]!.nextHandle += 1
-        sessions[session]!.handles[handle] = SessionRecord.Handle(inode: inode, flags: flags)
+        sessions[session]!.handles[handle] = SessionRecord.Handle(inode: inode, flags: flags.intersection([.read, .write]))
         inodes[inode]!.openCount += 1
         return handle
     }
@@ -919,7 +919,7 @@ extension Namespace {
             inodes[inode] = record
             released = applyReferences(refs)
         }
-        let handle = addHandle(session, inode, flags.intersection([.read, .write]))
+        let handle = addHandle(session, inode, flags)
         return (OpenResult(attributes: attributes(inode, inodes[inode]!), handle: handle, created: false), released)
     }
 
