@@ -258,6 +258,7 @@ public struct Namespace: Sendable, Equatable {
             if let existing = dirRecord.directory!.entries[name]?.inode {
                 if flags.contains(.create) && flags.contains(.exclusive) { throw .EEXIST }
                 if flags.contains(.create), inodes[existing]!.type == .directory { throw .EISDIR }
+                if flags.contains(.create) { try mayCreateInSticky(dirRecord, inodes[existing]!, cred) }
                 return try openExisting(existing, flags: flags, session: session, cred, now)
             }
             guard flags.contains(.create) else { throw .ENOENT }
@@ -892,6 +893,17 @@ extension Namespace {
         if record.mode & ModeBits.setGID != 0, record.mode & ModeBits.groupExecute != 0 || !cred.inGroup(record.gid) {
             record.mode &= ~ModeBits.setGID
         }
+    }
+
+    /// Linux may_create_in_sticky (with fs.protected_regular and fs.protected_fifos at 0): an
+    /// O_CREAT open that finds an existing symlink, socket or device in a sticky directory
+    /// writable by others is refused, even to root, unless the caller or the directory's owner
+    /// owns it (a defence against planted entries in /tmp).
+    func mayCreateInSticky(_ dir: InodeRecord, _ r: InodeRecord, _ cred: Credentials) throws(FileSystemError) {
+        guard dir.mode & ModeBits.sticky != 0 else { return }
+        if r.type == .regular || r.type == .fifo { return }
+        if r.uid == dir.uid || r.uid == cred.uid { return }
+        if dir.mode & 0o002 != 0 { throw .EACCES }
     }
 
     /// Opens an existing inode as do_open and may_open do.
