@@ -77,6 +77,10 @@ enum DifferentialOp: CustomStringConvertible {
 struct DifferentialGenerator {
     var rng: SplitMix
     let names = ["a", "b", "c", "d"]
+    /// Paths that exist in the namespace now (refreshed by the runner), so that operations on
+    /// existing entries (unlink, link, rename, chmod, writes…) are tried often, not only when a
+    /// random path happens to hit one.
+    var existing: [String] = []
     let modes: [UInt32] = [0o755, 0o777, 0o1777, 0o2775, 0o2777, 0o700, 0o711, 0o644, 0o666, 0o4755, 0o2755, 0o2745,
                            0o6755, 0o000, 0o1770, 0o3777, 0o555, 0o333, 0o070, 0o007]
 
@@ -92,10 +96,21 @@ struct DifferentialGenerator {
         if r < 7 { return pick(names) + "/." }
         let roll = rng.next() % 100
         let depth = roll < 45 ? 1 : roll < 80 ? 2 : 3
-        return (0..<depth).map { _ in pick(names) }.joined(separator: "/")
+        // The last component comes from a wider set: the tree stays crowded enough for
+        // collisions without every new name already existing.
+        return ((0..<depth - 1).map { _ in pick(names) } + [pick(names + ["e", "f", "g", "h"])]).joined(separator: "/")
     }
 
-    mutating func mode() -> UInt32 { chance(20) ? UInt32(rng.next() % 0o10000) : pick(modes) }
+    /// An existing path 60% of the time, else a random one.
+    mutating func source() -> String {
+        !existing.isEmpty && chance(60) ? pick(existing) : path()
+    }
+
+    /// Half the time an open mode, so that the other users keep places to work in.
+    mutating func mode() -> UInt32 {
+        if chance(50) { return pick([0o777, 0o1777, 0o2777, 0o3777, 0o6777, 0o4777]) }
+        return chance(20) ? UInt32(rng.next() % 0o10000) : pick(modes)
+    }
 
     mutating func time() -> TimeChange {
         switch rng.next() % 3 {
@@ -117,8 +132,8 @@ struct DifferentialGenerator {
 
     mutating func next() -> DifferentialOp {
         switch rng.next() % 100 {
-        case 0..<10: return .mkdir(path(), mode())
-        case 10..<20: return .create(path(), mode(), exclusive: chance(50), truncate: chance(20))
+        case 0..<7: return .mkdir(path(), mode())
+        case 7..<20: return .create(path(), mode(), exclusive: chance(50), truncate: chance(20))
         case 20..<23: return .mknod(path(), pick([.fifo, .socket, .characterDevice, .regular]), mode())
         case 23..<28:
             let target: String
@@ -129,13 +144,13 @@ struct DifferentialGenerator {
             default: target = path()
             }
             return .symlink(target: target, path())
-        case 28..<33: return .unlink(path())
-        case 33..<37: return .rmdir(path())
-        case 37..<41: return .link(path(), path())
-        case 41..<49: return .rename(path(), path(), pick([0, 0, 0, 1, 2, 3]))
+        case 28..<33: return .unlink(source())
+        case 33..<37: return .rmdir(source())
+        case 37..<41: return .link(source(), path())
+        case 41..<49: return .rename(source(), path(), pick([0, 0, 0, 1, 2, 3]))
         case 49..<56:
             // Closing the root to everyone would end the run's interesting part: keep it open.
-            let p = path()
+            let p = source()
             return .chmod(p, p == "." ? pick([0o777, 0o1777, 0o2777]) : mode())
         case 56..<61:
             let ids: [UInt32?] = [nil, 0, 1000, 1001, 1002, 2000, 3000]
@@ -143,19 +158,19 @@ struct DifferentialGenerator {
             var uid = pick(ids), gid = pick(ids)
             if chance(30) { uid = nil }
             if uid == nil && gid == nil { gid = 2000 }
-            return .chown(path(), uid: uid, gid: gid, follow: chance(70))
-        case 61..<64: return .truncate(path(), pick([0, 1, 100, 4096, 70_000, 300_000]))
-        case 64..<69: return .write(path(), offset: pick([0, 10, 4096, 65_536, 200_000]), length: pick([1, 100, 5000, 65_536]))
-        case 69..<72: return .openRead(path())
-        case 72..<75: return .utimens(path(), time(), time())
-        case 75..<80: return .stat(path(), follow: chance(50))
-        case 80..<82: return .readlink(path())
-        case 82..<86: return .readdir(path(), page: Int(1 + rng.next() % 4))
+            return .chown(source(), uid: uid, gid: gid, follow: chance(70))
+        case 61..<64: return .truncate(source(), pick([0, 1, 100, 4096, 70_000, 300_000]))
+        case 64..<69: return .write(source(), offset: pick([0, 10, 4096, 65_536, 200_000]), length: pick([1, 100, 5000, 65_536]))
+        case 69..<72: return .openRead(source())
+        case 72..<75: return .utimens(source(), time(), time())
+        case 75..<80: return .stat(source(), follow: chance(50))
+        case 80..<82: return .readlink(source())
+        case 82..<86: return .readdir(source(), page: Int(1 + rng.next() % 4))
         case 86..<91:
-            return .setxattr(path(), name: xattrName(), valueLength: chance(3) ? 65_537 : Int(rng.next() % 40), flags: UInt32(rng.next() % 4))
-        case 91..<94: return .getxattr(path(), name: xattrName(), size: pick([0, 2, 100, 1000]))
-        case 94..<97: return .listxattr(path(), size: pick([0, 5, 1000]))
-        default: return .removexattr(path(), name: xattrName())
+            return .setxattr(source(), name: xattrName(), valueLength: chance(3) ? 65_537 : Int(rng.next() % 40), flags: UInt32(rng.next() % 4))
+        case 91..<94: return .getxattr(source(), name: xattrName(), size: pick([0, 2, 100, 1000]))
+        case 94..<97: return .listxattr(source(), size: pick([0, 5, 1000]))
+        default: return .removexattr(source(), name: xattrName())
         }
     }
 }
@@ -377,6 +392,21 @@ func compareTrees(_ model: ModelSide) -> String? {
     return walk("/", Namespace.rootInode, depth: 0)
 }
 
+/// Every path in the model's tree (as root), bounded by depth and count.
+func existingPaths(_ model: ModelSide) -> [String] {
+    var out: [String] = []
+    func walk(_ prefix: String, _ inode: InodeNumber, depth: Int) {
+        guard depth < 6, out.count < 500, let dir = model.ns.inodes[inode]?.directory else { return }
+        for item in dir.order {
+            let path = prefix.isEmpty ? String(decoding: item.name, as: UTF8.self) : prefix + "/" + String(decoding: item.name, as: UTF8.self)
+            out.append(path)
+            walk(path, dir.entries[item.name]!.inode, depth: depth + 1)
+        }
+    }
+    walk("", Namespace.rootInode, depth: 0)
+    return out
+}
+
 struct DifferentialRun {
     var ops = 0
     var opsPerKind: [String: Int] = [:]
@@ -399,6 +429,7 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
         let prologue: [DifferentialOp] = [.chmod(".", 0o777), .mkdir("a", 0o777), .mkdir("b", 0o1777), .mkdir("c", 0o2775),
                                           .chown("c", uid: nil, gid: 2000, follow: true), .chmod("c", 0o2777), .mkdir("d", 0o755)]
         for index in 0..<count {
+            if index % 10 == 0 { generator.existing = existingPaths(model) }
             let op = index < prologue.count ? prologue[index] : generator.next()
             let userIndex = generator.rng.next() % 20
             let cred = index < prologue.count || userIndex < 6 ? Credentials.root : differentialUsers[1 + Int(userIndex % 3)]
@@ -409,7 +440,7 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
             run.opsPerKind[op.kind, default: 0] += 1
             if case .failed(let e) = kernel {
                 run.failuresPerKind[op.kind, default: 0] += 1
-                run.errnos["\(FileSystemError(errno: e))", default: 0] += 1
+                run.errnos["\(op.kind) \(FileSystemError(errno: e))", default: 0] += 1
             }
             if kernel != modelOutcome {
                 run.mismatch = "seed \(seed) op #\(index) [\(op)] as uid \(cred.uid) gid \(cred.gid) groups \(cred.groups): "
