@@ -291,4 +291,51 @@ struct NamespaceTests {
         #expect(errno(ns.link(f, pub, n("f"), Self.alice, now: Self.t)) == .EEXIST)
         #expect(try ns.link(f, pub, n("g"), Self.alice, now: Self.t).get().nlink == 2)
     }
+
+    @Test func statisticsCountInodesBytesAndChunks() throws {
+        var (ns, s, pub) = fresh()
+        let (_, h) = file(&ns, pub, "f", .root, session: s)
+        _ = try ns.commitWrite(session: s, handle: h, extents: [Extent(fileOffset: 100, length: 50, chunkID: Self.chunkA, chunkOffset: 0)],
+                               .root, now: Self.t).get()
+        let stats = ns.statistics()
+        #expect(stats.inodesUsed == 3 && stats.fileBytes == 150 && stats.chunksReferenced == 1 && stats.nameBytesMax == 255)
+        #expect(stats.inodesMax == UInt64(MetaLimits().inodesMax))
+    }
+
+    @Test func unknownInodesAndStaleSessionsGetClearErrors() {
+        var (ns, s, _) = fresh()
+        #expect(errno(ns.lookup(99, n("x"), .root)) == .ENOENT)
+        #expect(errno(ns.mkdir(99, n("x"), mode: 0o755, .root, now: Self.t)) == .ENOENT)
+        #expect(errno(ns.setattr(99, AttributeChanges(mode: 0o755), .root, now: Self.t)) == .ENOENT)
+        #expect(errno(ns.link(99, 1, n("x"), .root, now: Self.t)) == .ENOENT)
+        #expect(errno(ns.open(1, flags: [.read], session: s + 1, .root, now: Self.t)) == .ESTALE)
+        #expect(errno(ns.commitWrite(session: s, handle: 42, extents: [], .root, now: Self.t)) == .EBADF)
+        #expect(errno(ns.heartbeat(s + 1, now: Self.t)) == .ESTALE)
+        #expect(errno(ns.mkdir(1, n("f"), mode: 0o755, .root, now: Self.t)) == nil)
+        let f = try! ns.resolve(n("f"), .root, followLast: true).get()
+        #expect(errno(ns.mkdir(f, n("x"), mode: 0, .root, now: Self.t)) == nil)
+        let file = try! ns.create(1, n("plain"), flags: [.create, .write], mode: 0o644, session: s, .root, now: Self.t).get().0.attributes.inode
+        #expect(errno(ns.mkdir(file, n("x"), mode: 0o755, .root, now: Self.t)) == .ENOTDIR)
+    }
+
+    @Test func limitsValidate() throws {
+        try MetaLimits().validate()
+        var bad = MetaLimits()
+        bad.linksMax = 1
+        #expect(throws: CairnError.self) { try bad.validate() }
+    }
+
+    @Test func boundsAreEnforced() throws {
+        var limits = MetaLimits()
+        limits.inodesMax = 3
+        limits.handlesPerSessionMax = 1
+        limits.sessionsMax = 1
+        var ns = Namespace(limits: limits, now: Self.t)
+        let s = try ns.openSession(ttlNanoseconds: 1, now: Self.t).get()
+        #expect(errno(ns.openSession(ttlNanoseconds: 1, now: Self.t)) == .ENOSPC)
+        _ = try ns.mkdir(1, n("a"), mode: 0o755, .root, now: Self.t).get()
+        let (_, _) = try ns.create(1, n("f"), flags: [.create, .write], mode: 0o644, session: s, .root, now: Self.t).get()
+        #expect(errno(ns.mkdir(1, n("b"), mode: 0o755, .root, now: Self.t)) == .ENOSPC)
+        #expect(errno(ns.open(1, flags: [.read], session: s, .root, now: Self.t)) == .EMFILE)
+    }
 }
