@@ -451,16 +451,18 @@ public struct Namespace: Sendable, Equatable {
         attempt { () throws(FileSystemError) in
             guard var record = inodes[inode] else { throw .ENOENT }
             if let size = changes.size {
-                switch record.type {
-                case .directory: throw .EISDIR
-                case .regular: break
-                default: throw .EINVAL
-                }
                 if let (session, handleID) = handle.map({ ($0.0, $0.1) }) {
+                    // ftruncate: the handle must be open for writing on a regular file (EINVAL otherwise).
                     guard let open = sessions[session]?.handles[handleID], open.inode == inode else { throw .EBADF }
-                    guard open.flags.contains(.write) else { throw .EINVAL }
-                } else if !permitted(record, 2, cred) {
-                    throw .EACCES
+                    guard open.flags.contains(.write), record.type == .regular else { throw .EINVAL }
+                } else {
+                    // truncate: EISDIR for a directory, EINVAL for other non-regular files, then write permission.
+                    switch record.type {
+                    case .directory: throw .EISDIR
+                    case .regular: break
+                    default: throw .EINVAL
+                    }
+                    if !permitted(record, 2, cred) { throw .EACCES }
                 }
                 if size > limits.fileBytesMax { throw .EFBIG }
                 _ = size

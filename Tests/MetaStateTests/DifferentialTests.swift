@@ -41,6 +41,13 @@ enum DifferentialOp: CustomStringConvertible {
     case getxattr(String, name: String, size: Int)
     case listxattr(String, size: Int)
     case removexattr(String, name: String)
+    /// Opens a path and keeps it open in slot `slot` (closing what the slot held), so that
+    /// unlinked-but-open files, ftruncate and writes through a handle are compared too.
+    case hold(String, slot: Int, write: Bool)
+    case release(slot: Int)
+    case fstat(slot: Int)
+    case ftruncate(slot: Int, UInt64)
+    case pwrite(slot: Int, offset: UInt64, length: UInt64)
 
     var description: String {
         func short(_ s: String) -> String { s.count > 20 ? "\(s.prefix(8))…(\(s.count) bytes)" : s }
@@ -66,6 +73,11 @@ enum DifferentialOp: CustomStringConvertible {
         case .getxattr(let p, let n, let s): return "getxattr \(short(p)) \(short(n)) size \(s)"
         case .listxattr(let p, let s): return "listxattr \(short(p)) size \(s)"
         case .removexattr(let p, let n): return "removexattr \(short(p)) \(short(n))"
+        case .hold(let p, let slot, let write): return "hold \(short(p)) slot \(slot) write=\(write)"
+        case .release(let slot): return "release slot \(slot)"
+        case .fstat(let slot): return "fstat slot \(slot)"
+        case .ftruncate(let slot, let size): return "ftruncate slot \(slot) \(size)"
+        case .pwrite(let slot, let offset, let length): return "pwrite slot \(slot) at \(offset) length \(length)"
         }
     }
 
@@ -166,11 +178,20 @@ struct DifferentialGenerator {
         case 75..<80: return .stat(source(), follow: chance(50))
         case 80..<82: return .readlink(source())
         case 82..<86: return .readdir(source(), page: Int(1 + rng.next() % 4))
-        case 86..<91:
+        case 86..<90:
             return .setxattr(source(), name: xattrName(), valueLength: chance(3) ? 65_537 : Int(rng.next() % 40), flags: UInt32(rng.next() % 4))
-        case 91..<94: return .getxattr(source(), name: xattrName(), size: pick([0, 2, 100, 1000]))
-        case 94..<97: return .listxattr(source(), size: pick([0, 5, 1000]))
-        default: return .removexattr(source(), name: xattrName())
+        case 90..<92: return .getxattr(source(), name: xattrName(), size: pick([0, 2, 100, 1000]))
+        case 92..<94: return .listxattr(source(), size: pick([0, 5, 1000]))
+        case 94..<95: return .removexattr(source(), name: xattrName())
+        default:
+            let slot = Int(rng.next() % 3)
+            switch rng.next() % 5 {
+            case 0: return .hold(source(), slot: slot, write: chance(60))
+            case 1: return .release(slot: slot)
+            case 2: return .fstat(slot: slot)
+            case 3: return .ftruncate(slot: slot, pick([0, 10, 5000, 100_000]))
+            default: return .pwrite(slot: slot, offset: pick([0, 100, 70_000]), length: pick([1, 4096]))
+            }
         }
     }
 }
@@ -181,6 +202,8 @@ struct ModelSide {
     var ns = Namespace(limits: MetaLimits(), now: Timestamp(seconds: 1, nanoseconds: 0))
     let session: SessionID
     var clock: Int64 = 10
+    /// Handles held open across operations, by slot.
+    var held: [Int: (handle: HandleID, inode: InodeNumber)] = [:]
     static let umask: UInt32 = 0o022
 
     init() {
@@ -278,6 +301,28 @@ struct ModelSide {
         case .removexattr(let p, let name):
             if let e = ns.checkXattrArguments(name: b(name)) { return .failed(e.errno) }
             return Self.outcome(inode(p, follow: false).flatMap { ns.removexattr($0, b(name), cred, now: t) })
+        case .hold(let p, let slot, let write):
+            if let old = held.removeValue(forKey: slot) { _ = ns.close(session: session, handle: old.handle) }
+            let flags: OpenFlags = write ? [.read, .write, .noFollow] : [.read, .noFollow]
+            let opened = parent(p).flatMap { ns.create($0.0, $0.1, flags: flags, mode: 0, session: session, cred, now: t) }
+            if case .success(let o) = opened { held[slot] = (o.0.handle, o.0.attributes.inode) }
+            return Self.outcome(opened)
+        case .release(let slot):
+            guard let h = held.removeValue(forKey: slot) else { return .failed(FileSystemError.EBADF.errno) }
+            return Self.outcome(ns.close(session: session, handle: h.handle))
+        case .fstat(let slot):
+            guard let h = held[slot] else { return .failed(FileSystemError.EBADF.errno) }
+            return Self.outcome(ns.getattr(h.inode)) { .status(StatusSummary($0)) }
+        case .ftruncate(let slot, let size):
+            guard let h = held[slot] else { return .failed(FileSystemError.EBADF.errno) }
+            return Self.outcome(ns.setattr(h.inode, AttributeChanges(size: size), handle: (session, h.handle), cred, now: t))
+        case .pwrite(let slot, let offset, let length):
+            guard let h = held[slot] else { return .failed(FileSystemError.EBADF.errno) }
+            // A write to something other than a regular file never reaches the namespace.
+            if case .success(let a) = ns.getattr(h.inode), a.type != .regular { return .ok }
+            let chunk = SHA256.hash(testBytes(count: 16, seed: chunkSeed))
+            let extent = Extent(fileOffset: offset, length: length, chunkID: chunk, chunkOffset: 0)
+            return Self.outcome(ns.commitWrite(session: session, handle: h.handle, extents: [extent], cred, now: t))
         }
     }
 
@@ -298,8 +343,17 @@ struct ModelSide {
     }
 }
 
+/// File descriptors the kernel side holds open across operations, by slot.
+final class HeldDescriptors {
+    var fds: [Int: Int32] = [:]
+    func closeAll() {
+        for fd in fds.values { Glibc.close(fd) }
+        fds = [:]
+    }
+}
+
 /// The kernel side: the same operation through syscalls, as `cred`, on the chrooted thread.
-func runOnKernel(_ op: DifferentialOp, as cred: Credentials, chunkSeed: UInt64) -> Outcome {
+func runOnKernel(_ op: DifferentialOp, as cred: Credentials, chunkSeed: UInt64, held: HeldDescriptors) -> Outcome {
     Kernel.asUser(cred) {
         switch op {
         case .mkdir(let p, let mode): return Kernel.check(Glibc.mkdir(p, mode_t(mode)))
@@ -356,6 +410,31 @@ func runOnKernel(_ op: DifferentialOp, as cred: Credentials, chunkSeed: UInt64) 
         case .getxattr(let p, let name, let size): return Kernel.getxattr(p, name, size: size)
         case .listxattr(let p, let size): return Kernel.listxattr(p, size: size)
         case .removexattr(let p, let name): return Kernel.check(cairn_lremovexattr(p, name))
+        case .hold(let p, let slot, let write):
+            if let old = held.fds.removeValue(forKey: slot) { Glibc.close(old) }
+            let fd = Glibc.open(p, (write ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_NONBLOCK)
+            guard fd >= 0 else { return .failed(errno) }
+            held.fds[slot] = fd
+            return .ok
+        case .release(let slot):
+            guard let fd = held.fds.removeValue(forKey: slot) else { return .failed(EBADF) }
+            return Kernel.check(Glibc.close(fd))
+        case .fstat(let slot):
+            guard let fd = held.fds[slot] else { return .failed(EBADF) }
+            var st = Glibc.stat()
+            guard Glibc.fstat(fd, &st) == 0 else { return .failed(errno) }
+            return StatusSummary(st).map { .status($0) } ?? .failed(-1)
+        case .ftruncate(let slot, let size):
+            guard let fd = held.fds[slot] else { return .failed(EBADF) }
+            return Kernel.check(Glibc.ftruncate(fd, off_t(size)))
+        case .pwrite(let slot, let offset, let length):
+            guard let fd = held.fds[slot] else { return .failed(EBADF) }
+            var st = Glibc.stat()
+            guard Glibc.fstat(fd, &st) == 0 else { return .failed(errno) }
+            guard st.st_mode & S_IFMT == S_IFREG else { return .ok }
+            let data = [UInt8](repeating: 0x33, count: Int(length))
+            let n = data.withUnsafeBytes { Glibc.pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+            return n == Int(length) ? .ok : .failed(n < 0 ? errno : -2)
         }
     }
 }
@@ -423,6 +502,8 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
         var model = ModelSide()
         var generator = DifferentialGenerator(rng: SplitMix(seed: seed))
         var run = DifferentialRun()
+        let held = HeldDescriptors()
+        defer { held.closeAll() }
         let replay = "CAIRN_META_SEED=\(seed) CAIRN_META_OPS=\(count) swift test --filter MetaStateTests.DifferentialTests"
         // A prologue (as root) gives the other users somewhere to work: an open directory, a
         // sticky one, a set-group-ID one of group 2000 and a closed one.
@@ -434,7 +515,7 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
             let userIndex = generator.rng.next() % 20
             let cred = index < prologue.count || userIndex < 6 ? Credentials.root : differentialUsers[1 + Int(userIndex % 3)]
             let chunkSeed = seed &* 1_000_003 &+ UInt64(index)
-            let kernel = runOnKernel(op, as: cred, chunkSeed: chunkSeed)
+            let kernel = runOnKernel(op, as: cred, chunkSeed: chunkSeed, held: held)
             let modelOutcome = model.run(op, as: cred, chunkSeed: chunkSeed)
             run.ops += 1
             run.opsPerKind[op.kind, default: 0] += 1
