@@ -465,12 +465,11 @@ public struct Namespace: Sendable, Equatable {
                     if !permitted(record, 2, cred) { throw .EACCES }
                 }
                 if size > limits.fileBytesMax { throw .EFBIG }
-                _ = size
             }
-            if let mode = changes.mode {
+            if changes.mode != nil {
+                // chmod: symlinks have no mode of their own (fchmodat2 AT_SYMLINK_NOFOLLOW gives EOPNOTSUPP).
                 if record.type == .symlink { throw .EOPNOTSUPP }
                 if !ownerOrRoot(record, cred) { throw .EPERM }
-                _ = mode
             }
             // chown: root may give anything away; the owner may only "change" the uid to itself
             // and the gid to a group it is in. On anything but a directory it also kills

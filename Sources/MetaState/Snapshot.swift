@@ -208,11 +208,9 @@ extension Namespace {
                 }
             }
         }
-        var reachable = 0
         var stack: [InodeNumber] = [rootInode]
         var seen: Set<InodeNumber> = [rootInode]
         while let dir = stack.popLast() {
-            reachable += 1
             for entry in ns.inodes[dir]!.directory!.entries.values where ns.inodes[entry.inode]!.type == .directory {
                 try check(seen.insert(entry.inode).inserted, "directory reached twice")
                 stack.append(entry.inode)
@@ -232,7 +230,6 @@ extension Namespace {
             }
             for e in rec.extents { ns.chunkReferences[e.chunkID, default: 0] += 1 }
         }
-        _ = reachable
         return (ns, appliedIndex)
     }
 }

@@ -543,12 +543,12 @@ func runDifferential(seed: UInt64, count: Int, treeEvery: Int) throws -> Differe
     @Test func stateMachineMatchesTmpfs() throws {
         try #require(geteuid() == 0, "the differential test mounts a tmpfs and switches uids: run it as root")
         let environment = ProcessInfo.processInfo.environment
-        let count = environment["CAIRN_META_OPS"].flatMap(Int.init) ?? 2000
+        let count = environment["CAIRN_META_OPS"].flatMap(Int.init) ?? 3000
         let seeds: [UInt64]
         if let one = environment["CAIRN_META_SEED"].flatMap(UInt64.init) {
             seeds = [one]
         } else {
-            let n = environment["CAIRN_META_SEEDS"].flatMap(UInt64.init) ?? 6
+            let n = environment["CAIRN_META_SEEDS"].flatMap(UInt64.init) ?? 8
             let base = environment["CAIRN_META_SEED_BASE"].flatMap(UInt64.init) ?? 1
             seeds = Array(base..<base + n)
         }
