@@ -338,4 +338,21 @@ struct NamespaceTests {
         #expect(errno(ns.mkdir(1, n("b"), mode: 0o755, .root, now: Self.t)) == .ENOSPC)
         #expect(errno(ns.open(1, flags: [.read], session: s, .root, now: Self.t)) == .EMFILE)
     }
+
+    @Test func linkCountsAreBounded() throws {
+        var limits = MetaLimits()
+        limits.linksMax = 3
+        var ns = Namespace(limits: limits, now: Self.t)
+        let s = try ns.openSession(ttlNanoseconds: 1, now: Self.t).get()
+        _ = try ns.mkdir(1, n("a"), mode: 0o755, .root, now: Self.t).get()
+        #expect(errno(ns.mkdir(1, n("b"), mode: 0o755, .root, now: Self.t)) == .EMLINK)
+        let f = try ns.create(1, n("f"), flags: [.create, .write], mode: 0o644, session: s, .root, now: Self.t).get().0.attributes.inode
+        _ = try ns.link(f, 1, n("g"), .root, now: Self.t).get()
+        _ = try ns.link(f, 1, n("h"), .root, now: Self.t).get()
+        #expect(errno(ns.link(f, 1, n("i"), .root, now: Self.t)) == .EMLINK)
+        // Moving a directory into a parent at the bound is refused too.
+        let a = try ns.lookup(1, n("a"), .root).get().inode
+        _ = try ns.mkdir(a, n("x"), mode: 0o755, .root, now: Self.t).get()
+        #expect(errno(ns.mkdir(a, n("y"), mode: 0o755, .root, now: Self.t)) == .EMLINK)
+    }
 }
