@@ -71,6 +71,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The metadata namespace as a pure, deterministic replicated state machine (no I/O, no clock).
+        .target(name: "MetaState", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         // What integration tests share: temp directories, real daemon processes, seeded bytes.
         .target(
             name: "CairnTestSupport",
@@ -165,6 +167,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "MetaStateTests",
+            dependencies: ["MetaState", "CairnCore", "CairnTestSupport", "CCairnLinux"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "ChunkStoreTests",
             dependencies: ["ChunkStore", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],

@@ -16,4 +16,35 @@ int cairn_crc32c_is_hardware(void);
 /// unprivileged writer can still use (f_bavail). Returns 0, or -1 with errno set.
 /// (Swift cannot call glibc's statvfs: the function shares its name with its struct.)
 int cairn_statvfs(const char *path, uint64_t *capacity_bytes, uint64_t *available_bytes);
+
+/// Sets the calling thread's real, effective and saved IDs through the raw setgroups,
+/// setresgid and setresuid system calls. glibc's wrappers of these calls change every
+/// thread of the process (POSIX semantics); the raw calls change only the caller, which
+/// lets a test thread act as another user while the rest of the process stays root.
+/// The saved uid stays 0 so that `cairn_thread_become_root` can switch back.
+/// Returns 0, or -1 with errno set. Linux only; the caller must be root.
+int cairn_thread_set_credentials(uint32_t uid, uint32_t gid, const uint32_t *groups, size_t group_count);
+
+/// Makes the calling thread root again (uid 0, gid 0, no supplementary groups) after
+/// `cairn_thread_set_credentials`. Returns 0, or -1 with errno set.
+int cairn_thread_become_root(void);
+
+/// Gives the calling thread its own root, working directory and umask (unshare(CLONE_FS)),
+/// then chroot(2)s it into `path`, changes to "/" and sets `mask` as its umask. Nothing else
+/// in the process is affected. Returns 0, or -1 with errno set. The caller must be root.
+int cairn_thread_chroot(const char *path, uint32_t mask);
+
+/// renameat2(2) with its flags (RENAME_NOREPLACE = 1, RENAME_EXCHANGE = 2), through the
+/// raw system call. Returns 0, or -1 with errno set.
+int cairn_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
+
+/// lsetxattr(2), lgetxattr(2), llistxattr(2), lremovexattr(2): the <sys/xattr.h> calls,
+/// which Swift's Glibc module does not import. Same results and errno as the calls.
+int cairn_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);
+long cairn_lgetxattr(const char *path, const char *name, void *value, size_t size);
+long cairn_llistxattr(const char *path, char *list, size_t size);
+int cairn_lremovexattr(const char *path, const char *name);
+
+/// mknod(2): Swift imports it, but `makedev` is a macro; this takes major and minor.
+int cairn_mknod(const char *path, uint32_t mode, uint32_t major, uint32_t minor);
 #endif
