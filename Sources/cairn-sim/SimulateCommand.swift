@@ -1,6 +1,6 @@
 import ArgumentParser
 #if canImport(Glibc)
-import Glibc
+@preconcurrency import Glibc
 #endif
 import RaftCore
 import RaftSimulation
