@@ -51,7 +51,6 @@ public final class Simulation {
         case restart(NodeID)
         case flap(from: NodeID, to: NodeID, remaining: Int)
         case healAll
-        case stopFaults
     }
 
     struct ClientState {
@@ -214,8 +213,6 @@ public final class Simulation {
             guard faultsActive, remaining > 0 else { return }
             network.toggle(from: from, to: to)
             queue.push(at: now + 5_000 + random.next(below: 60_000), .flap(from: from, to: to, remaining: remaining - 1))
-        case .stopFaults:
-            break
         case .healAll:
             if faultsActive { network.healAll() }
         }
