@@ -30,6 +30,8 @@ public protocol LogStorage: AnyObject {
     /// The persisted hard state and the membership of the latest snapshot. Throws nothing: a storage that
     /// could not load its state must fail before it is handed to a node.
     func initialState() -> (HardState, ConfState)
+    /// The hard state last persisted (what `initialState()` returns first).
+    var hardState: HardState { get }
     /// Entries with indexes in `range`, as many as fit in `bytesMax` but at least one.
     /// Throws `.compacted` if `range.lowerBound <= snapshot index`, `.unavailable` if `range.upperBound > lastIndex + 1`.
     func entries(_ range: Range<UInt64>, bytesMax: Int) throws(StorageError) -> [Entry]

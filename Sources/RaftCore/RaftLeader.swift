@@ -281,9 +281,8 @@ extension Raft {
             if m.snapshotOffset > pr.snapshotOffsetAcked {
                 pr.snapshotOffsetAcked = m.snapshotOffset
                 tracker.progress[m.from] = pr
-                if m.snapshotOffset < m.snapshotBytes || m.snapshotBytes == 0 {
-                    resendSnapshotChunk(to: m.from)
-                }
+                // The last chunk is answered with an append response instead (after the restore).
+                if m.snapshotOffset < m.snapshotBytes { resendSnapshotChunk(to: m.from) }
             } else {
                 tracker.progress[m.from] = pr
             }

@@ -51,7 +51,6 @@ public final class Simulation {
         case restart(NodeID)
         case flap(from: NodeID, to: NodeID, remaining: Int)
         case healAll
-        case stopFaults
     }
 
     struct ClientState {
@@ -214,8 +213,6 @@ public final class Simulation {
             guard faultsActive, remaining > 0 else { return }
             network.toggle(from: from, to: to)
             queue.push(at: now + 5_000 + random.next(below: 60_000), .flap(from: from, to: to, remaining: remaining - 1))
-        case .stopFaults:
-            break
         case .healAll:
             if faultsActive { network.healAll() }
         }
@@ -259,6 +256,9 @@ public final class Simulation {
                 }
                 mark("buggify: leader isolated after append")
             }
+            if let hs = rd.hardState, hs.commit > n.disk.durable.hardState.commit, buggifyCrashBeforeSend(n) {
+                return
+            }
             if rd.mustSync {
                 // 2. fsync takes time; a crash before it completes loses (a suffix of) what was written.
                 n.awaitingSync = rd
@@ -270,7 +270,18 @@ public final class Simulation {
         }
     }
 
-    /// Buggify: crash a leader right after it advanced its commit index (the moment figure 8 is about).
+    /// Buggify: crash a leader whose commit index just advanced, before its writes are synced and before the
+    /// messages that would spread the news (and its next entries) leave: the moment figure 8 is about.
+    private func buggifyCrashBeforeSend(_ n: SimulatedNode) -> Bool {
+        guard faultsActive, n.raw.status.role == .leader, random.chance(buggifyPercent, in: 100),
+            nodes.filter({ !$0.up }).count < max(1, (options.nodeCount - 1) / 2)
+        else { return false }
+        mark("buggify: leader crashed before sending its commit")
+        crash(n)
+        return true
+    }
+
+    /// Buggify: crash a leader right after it advanced its commit index and told the others.
     private func buggifyCrashAfterCommit(_ n: SimulatedNode, _ rd: Ready) {
         guard faultsActive, n.up, rd.hardState != nil, n.raw.status.role == .leader, random.chance(buggifyPercent, in: 100),
             nodes.filter({ !$0.up }).count < max(1, (options.nodeCount - 1) / 2)

@@ -1,4 +1,7 @@
 import ArgumentParser
+#if canImport(Glibc)
+@preconcurrency import Glibc
+#endif
 import RaftCore
 import RaftSimulation
 
@@ -43,6 +46,10 @@ struct SimulateCommand: ParsableCommand {
     }
 
     func run() throws {
+        #if canImport(Glibc)
+        // Progress lines must reach a log file as they happen, not when the buffer fills.
+        setvbuf(stdout, nil, _IOLBF, 0)
+        #endif
         var bugs: PlantedBugs = []
         for name in plantBug { bugs.insert(PlantedBugs(name: name)!) }
         let range: [UInt64] = seed.map { [$0] } ?? (0..<UInt64(seeds)).map { firstSeed &+ $0 }

@@ -7,7 +7,7 @@ import Testing
 /// deterministic, and proof that its checks fail on planted bugs. CAIRN_SIM_SEEDS enlarges the sweep.
 @Suite(.serialized) struct SimulationTests {
     static var sweepSeeds: Int {
-        ProcessInfo.processInfo.environment["CAIRN_SIM_SEEDS"].flatMap(Int.init) ?? 150
+        ProcessInfo.processInfo.environment["CAIRN_SIM_SEEDS"].flatMap(Int.init) ?? 400
     }
 
     @Test(arguments: [3, 5])
@@ -41,6 +41,7 @@ import Testing
         ("unpersisted-vote", 3, 20),
         ("no-uptodate-check", 3, 200),
         ("stale-local-read", 3, 400),
+        ("figure8-commit", 3, 400),
     ])
     func plantedBugIsFound(name: String, nodes: Int, seedsMax: Int) throws {
         let bug = try #require(PlantedBugs(name: name))
