@@ -85,6 +85,57 @@ public enum FileSystemCalls {
         return names.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
     }
 
+    /// `open(2)`, `fstat(2)` and `pread(2)`: the whole of a regular file.
+    /// - Throws: the call's `Errno`; `EFBIG` (`.fileTooLarge`) when the file holds more than
+    ///   `bytesMax` bytes, before anything is read.
+    public static func readFile(_ path: FilePath, bytesMax: Int) throws(Errno) -> [UInt8] {
+        do {
+            let fd = try FileDescriptor.open(path, .readOnly)
+            defer { try? fd.close() }
+            let size = Int(try status(fd).size)
+            guard size <= bytesMax else { throw Errno.fileTooLarge }
+            var bytes = [UInt8](repeating: 0, count: size)
+            var done = 0
+            while done < size {
+                let n = try bytes.withUnsafeMutableBytes {
+                    try fd.read(fromAbsoluteOffset: Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: $0[done...]))
+                }
+                if n == 0 { break }
+                done += n
+            }
+            if done < size { bytes.removeSubrange(done...) }
+            return bytes
+        } catch let error as Errno {
+            throw error
+        } catch {
+            throw Errno.ioError
+        }
+    }
+
+    /// Replaces `path` atomically and durably: writes `PATH.tmp`, `fsync(2)`s it, `rename(2)`s
+    /// it over `path`, then fsyncs the directory. A crash leaves the old file or the new one,
+    /// at worst with a stray `.tmp` beside it; the `.tmp` is removed when a step fails.
+    public static func writeFileAtomically(_ path: FilePath, bytes: [UInt8],
+                                           permissions: FilePermissions = [.ownerReadWrite, .groupRead]) throws(Errno) {
+        let temp = FilePath(path.string + ".tmp")
+        do {
+            let fd = try FileDescriptor.open(temp, .writeOnly, options: [.create, .truncate], permissions: permissions)
+            do {
+                _ = try fd.writeAll(bytes)
+                try fsync(fd)
+                try fd.close()
+            } catch {
+                try? fd.close()
+                throw error
+            }
+            try rename(temp, path)
+            try fsyncDirectory(path.removingLastComponent())
+        } catch {
+            _ = try? unlink(temp)
+            throw (error as? Errno) ?? Errno.ioError
+        }
+    }
+
     /// The facts of `stat(2)`/`fstat(2)` that Cairn uses.
     public struct FileStatus: Sendable, Equatable {
         public var size: Int64

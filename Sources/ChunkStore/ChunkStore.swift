@@ -147,7 +147,7 @@ public final class ChunkStore: Sendable {
         do {
             try FileSystemCalls.mkdir(paths.root)
             if let existing = try FileSystemCalls.status(paths.format) {
-                let text = try readWholeFile(paths.format, bytesMax: 4096)
+                let text = try FileSystemCalls.readFile(paths.format, bytesMax: 4096)
                 guard existing.isRegular, String(decoding: text, as: UTF8.self) == Self.formatLine else {
                     throw CairnError(.invalidArgument, "\(paths.root) holds a different format: \(paths.format) does not say \(Self.formatLine.dropLast())")
                 }
@@ -574,7 +574,7 @@ public final class ChunkStore: Sendable {
     }
 
     private func loadChecksums(_ id: ChunkID, chunkLength: Int) -> BlockChecksums? {
-        guard let bytes = try? readWholeFile(paths.sum(id), bytesMax: 64 + 4 * (configuration.limits.chunkBytesMax / 4096 + 1)) else {
+        guard let bytes = try? FileSystemCalls.readFile(paths.sum(id), bytesMax: 64 + 4 * (configuration.limits.chunkBytesMax / 4096 + 1)) else {
             return nil
         }
         guard let sums = BlockChecksums(decoding: bytes, blockBytesMax: configuration.limits.chunkBytesMax,
@@ -610,19 +610,6 @@ public final class ChunkStore: Sendable {
         } catch {
             try? fd.close()
             throw error
-        }
-    }
-
-    private func readWholeFile(_ path: FilePath, bytesMax: Int) throws -> [UInt8] {
-        let fd = try FileDescriptor.open(path, .readOnly)
-        defer { try? fd.close() }
-        var out = [UInt8]()
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
-            if n == 0 { return out }
-            out.append(contentsOf: buffer[..<n])
-            if out.count > bytesMax { throw CairnError(.tooLarge, "\(path) exceeds \(bytesMax) bytes") }
         }
     }
 

@@ -16,7 +16,7 @@ final class PeerDirectory {
             throw CairnError(.io, "cannot create \(directory)", cause: error)
         }
         var known: [NodeID: HostPort] = [:]
-        if let text = try? String(decoding: readSmallFile(path), as: UTF8.self) {
+        if let text = try? String(decoding: FileSystemCalls.readFile(path, bytesMax: 1 << 20), as: UTF8.self) {
             for line in text.split(separator: "\n") {
                 let parts = line.split(separator: " ")
                 guard parts.count == 2, let id = UInt64(parts[0]), let address = HostPort(String(parts[1])) else {
@@ -38,29 +38,10 @@ final class PeerDirectory {
 
     private func save() throws(CairnError) {
         let text = addresses.keys.sorted().map { "\($0) \(addresses[$0]!)" }.joined(separator: "\n") + "\n"
-        let temp = FilePath(path.string + ".tmp")
         do {
-            let fd = try FileDescriptor.open(temp, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead])
-            _ = try fd.writeAll(Array(text.utf8))
-            try FileSystemCalls.fsync(fd)
-            try fd.close()
-            try FileSystemCalls.rename(temp, path)
-            try FileSystemCalls.fsyncDirectory(path.removingLastComponent())
+            try FileSystemCalls.writeFileAtomically(path, bytes: Array(text.utf8))
         } catch {
             throw CairnError(.io, "cannot write \(path)", cause: error)
         }
-    }
-}
-
-func readSmallFile(_ path: FilePath, bytesMax: Int = 1 << 20) throws -> [UInt8] {
-    let fd = try FileDescriptor.open(path, .readOnly)
-    defer { try? fd.close() }
-    var out: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = try buffer.withUnsafeMutableBytes { try fd.read(into: $0) }
-        if n == 0 { return out }
-        out += buffer[..<n]
-        if out.count > bytesMax { throw CairnError(.tooLarge, "\(path) is larger than \(bytesMax) bytes") }
     }
 }

@@ -67,21 +67,9 @@ public struct SnapshotFiles {
         appendUInt32(&bytes, CRC32C.checksum(body))
         bytes.append(contentsOf: body)
         let final = directory.appending(Self.name(index: snapshot.metadata.index, term: snapshot.metadata.term))
-        let temp = FilePath(final.string + ".tmp")
         do {
-            let fd = try FileDescriptor.open(temp, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite, .groupRead])
-            do {
-                _ = try fd.writeAll(bytes)
-                try FileSystemCalls.fsync(fd)
-                try fd.close()
-            } catch {
-                try? fd.close()
-                throw error
-            }
-            try FileSystemCalls.rename(temp, final)
-            try FileSystemCalls.fsyncDirectory(directory)
+            try FileSystemCalls.writeFileAtomically(final, bytes: bytes)
         } catch {
-            _ = try? FileSystemCalls.unlink(temp)
             throw WriteAheadLog.ioError("cannot save snapshot \(final)", error)
         }
         for old in try list().dropFirst(keep) {
@@ -98,17 +86,7 @@ public struct SnapshotFiles {
             guard try FileSystemCalls.status(path) != nil else {
                 throw CairnError(.notFound, "snapshot \(path) is missing")
             }
-            let fd = try FileDescriptor.open(path, .readOnly)
-            defer { try? fd.close() }
-            let size = Int(try FileSystemCalls.status(fd).size)
-            var buffer = [UInt8](repeating: 0, count: size)
-            var done = 0
-            while done < size {
-                let n = try buffer.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: $0[done...])) }
-                if n == 0 { break }
-                done += n
-            }
-            bytes = Array(buffer[..<done])
+            bytes = try FileSystemCalls.readFile(path, bytesMax: .max)
         } catch let error as CairnError {
             throw error
         } catch {

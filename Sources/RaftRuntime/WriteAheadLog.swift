@@ -109,7 +109,13 @@ public final class WriteAheadLog {
         var expectedBatch: UInt64? = nil
         for (position, sequence) in sequences.enumerated() {
             let path = directory.appending(segmentName(sequence))
-            let bytes = try readAll(path)
+            let bytes: [UInt8]
+            do {
+                // A segment outgrows segmentBytesMax by at most one batch (see `append`).
+                bytes = try FileSystemCalls.readFile(path, bytesMax: limits.segmentBytesMax + limits.batchBytesMax + headerBytes)
+            } catch {
+                throw CairnError(.io, "cannot read WAL segment \(path)", cause: error)
+            }
             let isLast = position == sequences.count - 1
             var offset = 0
             while offset < bytes.count {
@@ -369,24 +375,6 @@ public final class WriteAheadLog {
     }
 
     // MARK: Files
-
-    private static func readAll(_ path: FilePath) throws(CairnError) -> [UInt8] {
-        do {
-            let fd = try FileDescriptor.open(path, .readOnly)
-            defer { try? fd.close() }
-            let size = Int(try FileSystemCalls.status(fd).size)
-            var bytes = [UInt8](repeating: 0, count: size)
-            var done = 0
-            while done < size {
-                let n = try bytes.withUnsafeMutableBytes { try fd.read(fromAbsoluteOffset: Int64(done), into: UnsafeMutableRawBufferPointer(rebasing: $0[done...])) }
-                if n == 0 { break }
-                done += n
-            }
-            return Array(bytes[..<done])
-        } catch {
-            throw CairnError(.io, "cannot read WAL segment \(path)", cause: error)
-        }
-    }
 
     private static func truncate(_ path: FilePath, to length: Int) throws(CairnError) {
         do {
