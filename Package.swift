@@ -77,7 +77,7 @@ let package = Package(
         .target(
             name: "CairnTestSupport",
             dependencies: [
-                "CairnCore",
+                "CairnCore", "RaftCore",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,4 +1,5 @@
 import CairnCore
+@_exported import struct RaftCore.SplitMix64
 import Logging
 import SystemPackage
 
@@ -37,16 +38,11 @@ public func removeTree(_ path: FilePath) {
 
 /// Deterministic pseudo-random bytes (SplitMix64), so failures reproduce.
 public func testBytes(count: Int, seed: UInt64) -> [UInt8] {
-    var state = seed &+ 0x9E37_79B9_7F4A_7C15
+    var generator = SplitMix(seed: seed &+ 0x9E37_79B9_7F4A_7C15)
     var out = [UInt8]()
     out.reserveCapacity(count + 8)
     while out.count < count {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        withUnsafeBytes(of: z) { out.append(contentsOf: $0) }
+        withUnsafeBytes(of: generator.next()) { out.append(contentsOf: $0) }
     }
     return Array(out.prefix(count))
 }
@@ -67,18 +63,9 @@ public func flipByte(in path: FilePath, at offset: Int64) throws {
     _ = try withUnsafeBytes(of: &byte) { try fd.write(toAbsoluteOffset: offset, $0) }
 }
 
-/// SplitMix64: a tiny seeded generator for test data and random test schedules.
-public struct SplitMix: RandomNumberGenerator {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// The seeded generator of test data and random test schedules: RaftCore's SplitMix64, the one
+/// the simulator uses.
+public typealias SplitMix = SplitMix64
 
 /// Waits until `condition` holds, polling every 20 ms; false if `timeout` passes first.
 public func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {

@@ -179,14 +179,12 @@ public final class WriteAheadLog {
     /// The segment files currently making up the log (oldest first).
     public var segmentFiles: [FilePath] { segments.map { directory.appending(Self.segmentName($0)) } }
 
-    /// Writes one batch of records and, if `sync`, makes it durable before returning.
-    ///
-    /// A batch that is not synced is synced before the next batch is written, so the torn-tail
-    /// rule above holds.
+    /// Writes one batch of records and makes it durable (one fdatasync) before returning:
+    /// every batch is durable before the next is written, which the torn-tail rule relies on.
     ///
     /// - Throws: `.io` (or `.insufficientSpace`); after a failure the log refuses further
     ///   writes (its tail is unknown) until it is reopened.
-    public func append(_ records: [WALRecord], sync: Bool = true) throws(CairnError) {
+    public func append(_ records: [WALRecord]) throws(CairnError) {
         if let failed { throw failed }
         guard !records.isEmpty else { return }
         let batch = Self.encodeBatch(sequence: nextBatch, records: records)
@@ -200,9 +198,6 @@ public final class WriteAheadLog {
             _ = try current.writeAll(toAbsoluteOffset: Int64(currentBytes), batch)
             currentBytes += batch.count
             nextBatch += 1
-            // Always durable before the next batch (see the type's doc); `sync` only says
-            // whether the caller waits for it now, and here it always does.
-            _ = sync
             try FileSystemCalls.fdatasync(current)
         } catch {
             let failure = Self.ioError("WAL write failed in \(directory)", error)
