@@ -71,8 +71,10 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Consistent-hashing placement of chunks on chunkservers (pure: no I/O, clock or randomness).
+        .target(name: "Placement", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         // The metadata namespace as a pure, deterministic replicated state machine (no I/O, no clock).
-        .target(name: "MetaState", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
+        .target(name: "MetaState", dependencies: ["CairnCore", "Placement"], swiftSettings: swiftSettings),
         // What integration tests share: temp directories, real daemon processes, seeded bytes.
         .target(
             name: "CairnTestSupport",
@@ -167,9 +169,10 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement", "CairnCore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "MetaStateTests",
-            dependencies: ["MetaState", "CairnCore", "CairnTestSupport", "CCairnLinux"],
+            dependencies: ["MetaState", "Placement", "CairnCore", "CairnTestSupport", "CCairnLinux"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
