@@ -1,4 +1,5 @@
 import CairnCore
+import Placement
 
 /// One replicated request: everything the leader must fix before proposing it (time,
 /// credentials, the session and sequence for deduplication) travels inside, so every replica
@@ -51,11 +52,19 @@ public enum MetaOperation: Sendable, Hashable {
     case commitWrite(handle: HandleID, extents: [Extent])
     case setxattr(InodeNumber, name: [UInt8], value: [UInt8], flags: XattrFlags)
     case removexattr(InodeNumber, name: [UInt8])
+    /// A chunkserver joins (or re-registers after a restart): see `Namespace.registerChunkserver`.
+    case registerChunkserver(identity: [UInt8], address: String, weight: UInt32, failureDomain: String)
+    case setChunkserverState(ChunkserverID, ChunkserverState)
+    case setChunkserverWeight(ChunkserverID, UInt32)
+    /// The ring now and under recent epochs (a read).
+    case ring
+    /// The extents of a regular file overlapping a byte range (a read): see `Namespace.readExtents`.
+    case readExtents(InodeNumber, offset: UInt64, length: UInt64)
 
     /// True for operations that change the state (and so are deduplicated by sequence).
     public var isMutation: Bool {
         switch self {
-        case .lookup, .getattr, .readlink, .readdir, .statfs, .getxattr, .listxattr: false
+        case .lookup, .getattr, .readlink, .readdir, .statfs, .getxattr, .listxattr, .ring, .readExtents: false
         default: true
         }
     }
@@ -77,6 +86,11 @@ public enum MetaReply: Sendable, Hashable {
     case names([[UInt8]])
     case page(DirectoryPage)
     case statistics(NamespaceStatistics)
+    /// A registered chunkserver's id and the ring epoch after the registration.
+    case chunkserver(ChunkserverID, epoch: UInt64)
+    case ring(RingState)
+    /// Extents in file order (at most `extentsPerReadMax`) and the file size.
+    case extents([Extent], size: UInt64)
 }
 
 // MARK: - Encoding
@@ -162,6 +176,12 @@ extension MetaOperation {
             for e in extents { w.extent(e) }
         case .setxattr(let i, let n, let v, let flags): w.byte(24); w.varint(i); w.data(n); w.data(v); w.varint(flags.rawValue)
         case .removexattr(let i, let n): w.byte(25); w.varint(i); w.data(n)
+        case .registerChunkserver(let identity, let address, let weight, let domain):
+            w.byte(26); w.data(identity); w.string(address); w.varint(weight); w.string(domain)
+        case .setChunkserverState(let id, let state): w.byte(27); w.varint(id.rawValue); w.byte(state.rawValue)
+        case .setChunkserverWeight(let id, let weight): w.byte(28); w.varint(id.rawValue); w.varint(weight)
+        case .ring: w.byte(29)
+        case .readExtents(let i, let offset, let length): w.byte(30); w.varint(i); w.varint(offset); w.varint(length)
         }
     }
 
@@ -225,6 +245,15 @@ extension MetaOperation {
         case 24:
             return .setxattr(try r.varint(), name: try r.data(), value: try r.data(), flags: XattrFlags(rawValue: try r.uint32()))
         case 25: return .removexattr(try r.varint(), name: try r.data())
+        case 26:
+            return .registerChunkserver(identity: try r.data(), address: try r.string(), weight: try r.uint32(), failureDomain: try r.string())
+        case 27:
+            let id = ChunkserverID(try r.varint())
+            guard let state = ChunkserverState(rawValue: try r.byte()) else { throw .EBADMSG }
+            return .setChunkserverState(id, state)
+        case 28: return .setChunkserverWeight(ChunkserverID(try r.varint()), try r.uint32())
+        case 29: return .ring
+        case 30: return .readExtents(try r.varint(), offset: try r.varint(), length: try r.varint())
         default: throw .EBADMSG
         }
     }
@@ -256,6 +285,12 @@ extension MetaReply {
         case .statistics(let s):
             w.byte(11); w.varint(s.inodesUsed); w.varint(s.inodesMax); w.varint(s.fileBytes); w.varint(s.chunksReferenced)
             w.varint(s.nameBytesMax)
+        case .chunkserver(let id, let epoch): w.byte(12); w.varint(id.rawValue); w.varint(epoch)
+        case .ring(let state): w.byte(13); w.ringState(state)
+        case .extents(let extents, let size):
+            w.byte(14); w.varint(extents.count)
+            for e in extents { w.extent(e) }
+            w.varint(size)
         }
         return w.bytes
     }
@@ -297,6 +332,14 @@ extension MetaReply {
         case 11:
             self = .statistics(NamespaceStatistics(inodesUsed: try r.varint(), inodesMax: try r.varint(), fileBytes: try r.varint(),
                                                    chunksReferenced: try r.varint(), nameBytesMax: try r.uint32()))
+        case 12: self = .chunkserver(ChunkserverID(try r.varint()), epoch: try r.varint())
+        case 13: self = .ring(try r.ringState())
+        case 14:
+            let n = try r.count(itemBytesMin: 3 + ChunkID.byteCount)
+            var extents: [Extent] = []
+            extents.reserveCapacity(n)
+            for _ in 0..<n { extents.append(try r.extent()) }
+            self = .extents(extents, size: try r.varint())
         default: throw .EBADMSG
         }
         guard r.atEnd else { throw .EBADMSG }

@@ -1,4 +1,5 @@
 import CairnCore
+import Placement
 
 /// The named bounds of the metadata state machine, in one place an operator can read.
 /// Units come last in every name. Every collection a request can grow has a bound here.
@@ -46,6 +47,23 @@ public struct MetaLimits: Sendable, Equatable {
     public var callerGroupsMax: Int = 256
     /// Bytes of one encoded command.
     public var commandBytesMax: Int = 4 << 20
+    /// Extents in one readExtents reply (each encodes in at most 62 bytes: 4096 make about 250 KiB).
+    public var extentsPerReadMax: Int = 4096
+    /// Chunkservers ever registered, removed ones included (ids are never reused).
+    public var chunkserversMax: Int = 4096
+    /// Bytes of the identity token a chunkserver keeps in its data directory.
+    public var chunkserverIdentityBytesMax: Int = 64
+    /// Bytes of a chunkserver's `HOST:PORT` address.
+    public var chunkserverAddressBytesMax: Int = 300
+    /// Bytes of a failure-domain label.
+    public var failureDomainBytesMax: Int = 255
+    /// The largest weight of one chunkserver.
+    public var chunkserverWeightMax: UInt32 = 1024
+    /// The sum of the weights of all servers on the ring (not removed): bounds the ring's points
+    /// (`Ring.pointsMax / Ring.virtualNodesPerWeightUnit` = 8192 at most).
+    public var ringWeightTotalMax: UInt64 = UInt64(Ring.pointsMax / Ring.virtualNodesPerWeightUnit)
+    /// Rings of earlier epochs kept (newest first) for readers looking for chunks not yet rebalanced.
+    public var ringHistoryMax: Int = 4
     /// Whether hard links obey Linux's fs.protected_hardlinks=1 (the default of common distributions).
     public var protectedHardlinks: Bool = true
 
@@ -72,5 +90,14 @@ public struct MetaLimits: Sendable, Equatable {
         try check(readdirPageEntriesMax >= 1, "readdirPageEntriesMax must be positive")
         try check(callerGroupsMax >= 0 && callerGroupsMax <= 65536, "callerGroupsMax must be in 0...65536")
         try check(commandBytesMax >= 1024, "commandBytesMax must be at least 1 KiB")
+        try check(extentsPerReadMax >= 1 && extentsPerReadMax * 64 <= commandBytesMax, "extentsPerReadMax replies must fit in commandBytesMax")
+        try check(chunkserversMax >= 1 && chunkserversMax <= 1 << 20, "chunkserversMax must be in 1...1048576")
+        try check(chunkserverIdentityBytesMax >= 16 && chunkserverIdentityBytesMax <= 4096, "chunkserverIdentityBytesMax must be in 16...4096")
+        try check(chunkserverAddressBytesMax >= 16 && chunkserverAddressBytesMax <= 4096, "chunkserverAddressBytesMax must be in 16...4096")
+        try check(failureDomainBytesMax >= 0 && failureDomainBytesMax <= 4096, "failureDomainBytesMax must be in 0...4096")
+        try check(ringWeightTotalMax <= UInt64(Ring.pointsMax / Ring.virtualNodesPerWeightUnit),
+                  "ringWeightTotalMax must keep the ring within Ring.pointsMax points")
+        try check(UInt64(chunkserverWeightMax) <= ringWeightTotalMax, "chunkserverWeightMax must be at most ringWeightTotalMax")
+        try check(ringHistoryMax >= 0 && ringHistoryMax <= 64, "ringHistoryMax must be in 0...64")
     }
 }

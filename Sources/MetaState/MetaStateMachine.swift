@@ -99,6 +99,15 @@ extension Namespace {
             return reply(commitWrite(session: c.session, handle: h, extents: extents, cred, now: now)) { .attributesReleased($0.0, released: $0.1) }
         case .setxattr(let i, let n, let v, let flags): return reply(setxattr(i, n, v, flags: flags, cred, now: now)) { .done }
         case .removexattr(let i, let n): return reply(removexattr(i, n, cred, now: now)) { .done }
+        case .registerChunkserver(let identity, let address, let weight, let domain):
+            return reply(registerChunkserver(identity: identity, address: address, weight: weight, failureDomain: domain)) {
+                .chunkserver($0.0, epoch: $0.1)
+            }
+        case .setChunkserverState(let id, let state): return reply(setChunkserverState(id, state)) { .ring($0) }
+        case .setChunkserverWeight(let id, let weight): return reply(setChunkserverWeight(id, weight)) { .ring($0) }
+        case .ring: return .ring(ringState)
+        case .readExtents(let i, let offset, let length):
+            return reply(readExtents(i, offset: offset, length: length)) { .extents($0.0, size: $0.1) }
         }
     }
 }

@@ -91,7 +91,7 @@ struct SessionRecord: Sendable, Equatable {
     var forgottenThrough: UInt64 = 0
 }
 
-/// The metadata namespace: inodes, directory entries, sessions. A pure, deterministic value:
+/// The metadata namespace: inodes, directory entries, sessions, and the chunkserver registry. A pure, deterministic value:
 /// every mutating method takes the time and credentials from its caller (the leader fixed them
 /// in the log entry), allocates inode numbers from a counter, and never depends on dictionary
 /// order. Each operation checks everything before it changes anything: it applies wholly or not at all.
@@ -105,6 +105,8 @@ public struct Namespace: Sendable, Equatable {
     var nextSession: SessionID = 1
     /// References to each chunk from all extents of all files (derived; rebuilt on restore).
     var chunkReferences: [ChunkID: UInt64] = [:]
+    /// The chunkservers and the placement ring (see `ChunkserverRegistry`).
+    var registry = ChunkserverRegistry()
 
     /// A fresh namespace: root directory 0755 root:root created at `now`.
     public init(limits: MetaLimits = MetaLimits(), now: Timestamp = .zero) {

@@ -5,7 +5,8 @@ import CairnCore
 /// Restoring re-checks every invariant a valid state keeps, so even a well-checksummed
 /// snapshot from a buggy writer cannot install a state the operations would crash on.
 extension Namespace {
-    static let snapshotMagic = Array("CAIRNMS1".utf8)
+    /// Version 2 added the chunkserver registry after the sessions.
+    static let snapshotMagic = Array("CAIRNMS2".utf8)
 
     func snapshot(appliedIndex: UInt64) -> [UInt8] {
         var w = ByteWriter()
@@ -67,6 +68,7 @@ extension Namespace {
                 w.data(s.replies[seq]!)
             }
         }
+        encodeRegistry(&w)
         let digest = SHA256.hash(w.bytes)
         w.bytes.append(contentsOf: digest.bytes)
         return w.bytes
@@ -190,6 +192,7 @@ extension Namespace {
             }
             ns.sessions[id] = s
         }
+        ns.registry = try decodeRegistry(&r, limits: limits)
         try check(r.atEnd, "trailing bytes")
 
         // Cross-checks: the tree, the link counts, the open counts, the chunk references.

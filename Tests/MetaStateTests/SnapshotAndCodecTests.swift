@@ -1,5 +1,6 @@
 import CairnCore
 import CairnTestSupport
+import Placement
 import Testing
 @testable import MetaState
 
@@ -28,7 +29,28 @@ func randomState(seed: UInt64, ops: Int) -> MetaStateMachine {
         _ = machine.apply(MetaCommand(session: s, sequence: UInt64(3 * i + 2), now: now, operation: .commitWrite(handle: opened.handle, extents: [extent])))
         if i % 2 == 0 { _ = machine.apply(MetaCommand(session: s, sequence: UInt64(3 * i + 3), now: now, operation: .unlink(parent: 1, name: name))) }
     }
+    // Chunkservers join, change and leave, so snapshots carry a registry, a ring history and
+    // remembered ring replies.
+    var rng = SplitMix(seed: seed ^ 0xC4A1)
+    for sequence in 100..<UInt64(100 + 40) {
+        _ = machine.apply(MetaCommand(session: s, sequence: sequence, now: now, operation: randomRegistryOperation(&rng)))
+    }
     return machine
+}
+
+/// A registry operation on a small cluster: mostly valid, sometimes refused.
+func randomRegistryOperation(_ rng: inout SplitMix) -> MetaOperation {
+    let server = rng.next() % 12 + 1
+    switch rng.next() % 4 {
+    case 0, 1:
+        return .registerChunkserver(identity: Array("server-\(server)".utf8), address: "10.0.\(rng.next() % 2).\(server):7000",
+                                    weight: UInt32(rng.next() % 4), failureDomain: ["", "rack-a", "rack-b"][Int(rng.next() % 3)])
+    case 2:
+        let states: [ChunkserverState] = [.active, .active, .draining, .removed]
+        return .setChunkserverState(ChunkserverID(server), states[Int(rng.next() % 4)])
+    default:
+        return .setChunkserverWeight(ChunkserverID(server), UInt32(rng.next() % 5))
+    }
 }
 
 struct SnapshotTests {
@@ -36,6 +58,7 @@ struct SnapshotTests {
     func snapshotRoundTripsRandomStates(seed: UInt64) throws {
         let machine = randomState(seed: seed, ops: 1500)
         #expect(!machine.namespace.orphans.isEmpty)
+        #expect(!machine.namespace.ringState.current.members.isEmpty && !machine.namespace.ringState.previous.isEmpty)
         let snapshot = machine.snapshot()
         #expect(snapshot == machine.snapshot(), "snapshots of one state must be byte-identical")
         let copy = MetaStateMachine()
@@ -87,6 +110,46 @@ struct SnapshotTests {
         broken.inodes[1]!.directory!.entries[Array("d".utf8)]!.inode = 77
         #expect(throws: CairnError.self) { try MetaStateMachine().restore(broken.snapshot(appliedIndex: 0)) }
         try MetaStateMachine().restore(ns.snapshot(appliedIndex: 0))
+
+        // The registry: each broken copy must be refused.
+        for i in 1...3 as ClosedRange<UInt8> {
+            _ = ns.registerChunkserver(identity: [i], address: "10.0.0.\(i):7000", weight: 1, failureDomain: "")
+        }
+        _ = ns.setChunkserverState(ChunkserverID(2), .removed)
+        try MetaStateMachine().restore(ns.snapshot(appliedIndex: 0))
+        let member = ns.registry.members[0]
+        var registryBreaks: [(String, (inout ChunkserverRegistry) -> Void)] = [
+            ("duplicate identity", { $0.identities[1] = $0.identities[0] }),
+            ("empty identity", { $0.identities[0] = [] }),
+            ("epoch behind the registrations", { $0.ring.current = Ring(epoch: 1, members: $0.ring.current.members) }),
+            ("ids not 1, 2, …", { r in
+                r.ring.current = Ring(epoch: r.ring.current.epoch, members: r.ring.current.members.map { m in
+                    var m = m
+                    m.id = ChunkserverID(m.id.rawValue + 1)
+                    return m
+                })
+            }),
+            ("port 0", { r in
+                var members = r.ring.current.members
+                members[0].address.port = 0
+                r.ring.current = Ring(epoch: r.ring.current.epoch, members: members)
+            }),
+            ("previous ring not older", { $0.ring.previous[0] = Ring(epoch: $0.ring.current.epoch, members: []) }),
+            ("previous ring with an unknown id", { r in
+                var stranger = member
+                stranger.id = ChunkserverID(99)
+                r.ring.previous[0] = Ring(epoch: r.ring.previous[0].epoch, members: [stranger])
+            }),
+        ]
+        registryBreaks.append(("history longer than ringHistoryMax", { r in
+            r.ring.current = Ring(epoch: 100, members: r.ring.current.members)
+            r.ring.previous = (1...5).map { Ring(epoch: UInt64(100 - $0), members: []) }
+        }))
+        for (reason, breakIt) in registryBreaks {
+            broken = ns
+            breakIt(&broken.registry)
+            #expect(throws: CairnError.self, "\(reason)") { try MetaStateMachine().restore(broken.snapshot(appliedIndex: 0)) }
+        }
     }
 }
 
@@ -109,12 +172,69 @@ struct CommandTests {
         .setattr(2, AttributeChanges(), handle: nil),
         .commitWrite(handle: 1, extents: [Extent(fileOffset: 0, length: 5, chunkID: SHA256.hash([1]), chunkOffset: 3)]),
         .setxattr(1, name: Array("user.a".utf8), value: [1, 2], flags: .create), .removexattr(1, name: Array("user.a".utf8)),
+        .registerChunkserver(identity: [1, 2, 3], address: "10.0.0.1:7000", weight: 2, failureDomain: "rack-1"),
+        .registerChunkserver(identity: Array(repeating: 0xff, count: 64), address: "[::1]:7001", weight: 0, failureDomain: ""),
+        .setChunkserverState(ChunkserverID(1), .draining), .setChunkserverState(ChunkserverID(300), .removed),
+        .setChunkserverWeight(ChunkserverID(2), 7), .ring, .readExtents(2, offset: 4096, length: UInt64.max),
     ]
 
     @Test func commandsRoundTrip() throws {
         for (i, operation) in Self.sampleOperations.enumerated() {
             let command = MetaCommand(session: UInt64(i), sequence: UInt64(i * 7), credentials: Self.alice, now: Self.now, operation: operation)
             #expect(try MetaCommand(decoding: command.encoded()) == command)
+        }
+    }
+
+    @Test func repliesRoundTrip() throws {
+        let members = [
+            RingMember(id: ChunkserverID(1), address: HostPort(host: "10.0.0.1", port: 7000), weight: 3, failureDomain: "rack-ä", state: .active),
+            RingMember(id: ChunkserverID(2), address: HostPort(host: "::1", port: 1), weight: 0, failureDomain: "", state: .draining),
+            RingMember(id: ChunkserverID(9), address: HostPort(host: "h", port: 65535), weight: 1, failureDomain: "x", state: .removed),
+        ]
+        let ring = RingState(current: Ring(epoch: 7, members: members),
+                             previous: [Ring(epoch: 6, members: Array(members.prefix(2))), Ring(epoch: 2, members: [])])
+        let replies: [MetaReply] = [
+            .chunkserver(ChunkserverID(42), epoch: 1 << 40), .ring(ring), .ring(RingState(current: Ring(epoch: 0, members: []), previous: [])),
+            .extents([Extent(fileOffset: 0, length: 5, chunkID: SHA256.hash([1]), chunkOffset: 3),
+                      Extent(fileOffset: 1 << 33, length: 4 << 20, chunkID: SHA256.hash([2]), chunkOffset: 0)], size: 1 << 34),
+            .extents([], size: 0), .failure(.EPERM), .done,
+        ]
+        for reply in replies {
+            let decoded = try MetaReply(decoding: reply.encoded())
+            #expect(decoded == reply)
+            if case .ring(let a) = reply, case .ring(let b) = decoded {
+                // Equal rings place equally (their points were rebuilt from the members).
+                for chunk in [SHA256.hash([7]), SHA256.hash([8])] {
+                    #expect(a.current.candidates(of: chunk) == b.current.candidates(of: chunk))
+                }
+            }
+        }
+    }
+
+    /// Registry replies with bad bytes are refused: unknown states, unsorted ids, invalid UTF-8,
+    /// a ring over its point bound.
+    @Test func malformedRingRepliesAreRefused() throws {
+        let good = MetaReply.ring(RingState(current: Ring(epoch: 3, members: [
+            RingMember(id: ChunkserverID(1), address: HostPort(host: "a", port: 1), weight: 1, failureDomain: "d", state: .active),
+            RingMember(id: ChunkserverID(2), address: HostPort(host: "b", port: 2), weight: 1, failureDomain: "", state: .active),
+        ]), previous: [])).encoded()
+        // [13, epoch 3, count 2, id 1, host "a", port 1, weight 1, domain "d", state 1, id 2, …]
+        #expect(Array(good.prefix(14)) == [13, 3, 2, 1, 1, 0x61, 1, 1, 1, 0x64, 1, 2, 1, 0x62])
+        var badState = good
+        badState[10] = 4
+        var unsorted = good
+        unsorted[11] = 1
+        var badUTF8 = good
+        badUTF8[9] = 0xff
+        var heavy = good
+        heavy.replaceSubrange(7...7, with: [0xff, 0xff, 0x03])  // weight 65535: over Ring.pointsMax
+        var emptyHost = good
+        emptyHost.replaceSubrange(4...5, with: [0])
+        for bad in [badState, unsorted, badUTF8, heavy, emptyHost, Array(good.dropLast()), good + [0]] {
+            #expect(throws: FileSystemError.EBADMSG) { try MetaReply(decoding: bad) }
+        }
+        #expect(throws: FileSystemError.EBADMSG) {
+            try MetaCommand(decoding: Array(MetaCommand(now: Self.now, operation: .setChunkserverState(ChunkserverID(1), .active)).encoded().dropLast()) + [9])
         }
     }
 
