@@ -75,6 +75,22 @@ let package = Package(
         .target(name: "Placement", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         // The metadata namespace as a pure, deterministic replicated state machine (no I/O, no clock).
         .target(name: "MetaState", dependencies: ["CairnCore", "Placement"], swiftSettings: swiftSettings),
+        // The metadata service: the namespace state machine on Raft behind a gRPC API, its client
+        // and session, and the chunkserver side of the registry.
+        .target(
+            name: "MetaService",
+            dependencies: [
+                "MetaState", "Placement", "RaftRuntime", "RaftCore", "CairnCore",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // What integration tests share: temp directories, real daemon processes, seeded bytes.
         .target(
             name: "CairnTestSupport",
@@ -90,6 +106,7 @@ let package = Package(
             name: "cairn",
             dependencies: [
                 "CairnCore", "ChunkStore", "ChunkProtocol", "ChunkServer", "RaftCore", "RaftRuntime", "ReplicatedKV",
+                "MetaService", "MetaState",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -142,7 +159,7 @@ let package = Package(
         .executableTarget(
             name: "cairn-bench",
             dependencies: [
-                "CairnCore", "ChunkProtocol", "ReplicatedKV",
+                "CairnCore", "ChunkProtocol", "ReplicatedKV", "MetaService", "MetaState",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -166,6 +183,15 @@ let package = Package(
         .testTarget(
             name: "ReplicatedKVTests",
             dependencies: ["ReplicatedKV", "RaftRuntime", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "MetaServiceTests",
+            dependencies: [
+                "MetaService", "MetaState", "Placement", "CairnCore", "CairnTestSupport",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),

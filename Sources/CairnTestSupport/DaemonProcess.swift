@@ -50,6 +50,15 @@ public final class DaemonProcess: @unchecked Sendable {
 
     public var pid: Int32 { process.processIdentifier }
 
+    /// Waits for a line of standard output containing `marker`; false if the process exits or
+    /// `timeout` passes first.
+    public func waitForLine(containing marker: String, timeout: Duration = .seconds(30)) async -> Bool {
+        await eventually(timeout: timeout) {
+            if ((try? String(contentsOfFile: stdoutPath, encoding: .utf8)) ?? "").contains(marker) { return true }
+            return false
+        }
+    }
+
     /// Waits for a line of standard output containing `marker` and returns the `HOST:PORT`
     /// that ends it.
     public func waitForAddress(marker: String = "listening on", timeout: Duration = .seconds(20)) async throws -> HostPort {

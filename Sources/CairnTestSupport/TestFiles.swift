@@ -78,6 +78,17 @@ public func eventually(timeout: Duration = .seconds(10), _ condition: () async t
     return try await condition()
 }
 
+/// Waits until `value` gives non-nil (polling every 20 ms) and returns it; nil if `timeout` passes first.
+public func eventuallyValue<T>(timeout: Duration = .seconds(20), _ value: () async throws -> T?) async rethrows -> T? {
+    let clock = ContinuousClock()
+    let deadline = clock.now + timeout
+    while clock.now < deadline {
+        if let result = try await value() { return result }
+        try? await Task.sleep(for: .milliseconds(20))
+    }
+    return try await value()
+}
+
 /// The code of the `CairnError` that `body` throws; nil if it succeeds, `.internal` for any
 /// other error. For `#expect(await errorCode { … } == .notFound)`.
 public func errorCode(_ body: () async throws -> Void) async -> CairnError.Code? {

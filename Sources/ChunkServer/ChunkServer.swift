@@ -29,8 +29,8 @@ public final class ChunkServer: Service, Sendable {
     private let scrubber: Scrubber?
     private let transfers: AsyncSemaphore
     private let state = Mutex(State())
-    private let bound: AsyncStream<SocketAddress>
-    private let boundContinuation: AsyncStream<SocketAddress>.Continuation
+    /// The bound address once `run()` has bound it; `settled` once it never will be (bind failed).
+    private let bound = Mutex<(address: SocketAddress?, settled: Bool)>((nil, false))
 
     private struct State {
         var serverChannel: (any Channel)?
@@ -54,12 +54,16 @@ public final class ChunkServer: Service, Sendable {
         } else {
             scrubber = nil
         }
-        (bound, boundContinuation) = AsyncStream.makeStream(of: SocketAddress.self, bufferingPolicy: .bufferingNewest(1))
     }
 
-    /// The address the data port is bound to, once `run()` has bound it.
+    /// The address the data port is bound to, once `run()` has bound it (any number of
+    /// callers may wait); nil if binding failed or the task is cancelled first.
     public func boundAddress() async -> SocketAddress? {
-        for await address in bound { return address }
+        while !Task.isCancelled {
+            let (address, settled) = bound.withLock { $0 }
+            if settled { return address }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
         return nil
     }
 
@@ -97,6 +101,7 @@ public final class ChunkServer: Service, Sendable {
                     }
                 }
         } catch {
+            bound.withLock { $0.settled = true }
             throw CairnError(.unavailable, "cannot listen on \(configuration.listen)", cause: error)
         }
         let channel = serverChannel.channel
@@ -105,8 +110,7 @@ public final class ChunkServer: Service, Sendable {
             return s.shuttingDown
         }
         if alreadyStopping { channel.close(promise: nil) }
-        if let address = channel.localAddress { boundContinuation.yield(address) }
-        boundContinuation.finish()
+        bound.withLock { $0 = (channel.localAddress, true) }
         logger.info("chunkserver listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
                                                         "data": "\(configuration.store.directory)"])
 

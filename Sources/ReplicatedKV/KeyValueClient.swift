@@ -2,22 +2,17 @@ import CairnCore
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
-import Synchronization
+import RaftRuntime
 
 /// A client of a replicated key-value group: finds the leader (following not-leader hints)
 /// and retries through elections, within a bounded number of attempts.
 public final class KeyValueClient: Sendable {
     public let servers: [HostPort]
-    private let clients: [HostPort: Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>]
-    private let leader: Mutex<HostPort?>
-    /// Attempts per request before giving up (each after a short pause if no leader is known).
-    public static let attemptsMax = 60
-    public static let retryPause: Duration = .milliseconds(100)
+    private let leader: LeaderFollower<Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>>
 
     private init(servers: [HostPort], clients: [HostPort: Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>]) {
         self.servers = servers
-        self.clients = clients
-        leader = Mutex(servers.first)
+        leader = LeaderFollower(servers: servers, clients: clients, attemptsMax: 60)
     }
 
     /// Connects to every server for the duration of `body`.
@@ -41,14 +36,14 @@ public final class KeyValueClient: Sendable {
         var request = Cairn_Kv_V1_PutRequest()
         request.key = Data(key)
         request.value = Data(value)
-        return try await withLeader { try await $0.put(request).index }
+        return try await leader.call { try await $0.put(request).index }
     }
 
     /// Reads `key` linearizably.
     public func get(_ key: [UInt8]) async throws -> [UInt8]? {
         var request = Cairn_Kv_V1_GetRequest()
         request.key = Data(key)
-        let response = try await withLeader { try await $0.get(request) }
+        let response = try await leader.call { try await $0.get(request) }
         return response.found ? Array(response.value) : nil
     }
 
@@ -58,43 +53,14 @@ public final class KeyValueClient: Sendable {
         request.kind = kind
         request.node = node
         request.address = address?.description ?? ""
-        return try await withLeader { try await $0.changeMembership(request) }
+        return try await leader.call { try await $0.changeMembership(request) }
     }
 
     /// One server's own status.
     public func status(of server: HostPort) async throws -> Cairn_Kv_V1_StatusResponse {
-        guard let client = clients[server] else { throw CairnError(.invalidArgument, "\(server) is not one of the servers") }
+        guard let client = leader.client(server) else { throw CairnError(.invalidArgument, "\(server) is not one of the servers") }
         var options = CallOptions.defaults
         options.timeout = .seconds(5)
         return try await client.status(Cairn_Kv_V1_StatusRequest(), options: options)
-    }
-
-    private func withLeader<T: Sendable>(_ call: (Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
-        var lastError: (any Error)?
-        for attempt in 0..<Self.attemptsMax {
-            let target = leader.withLock { $0 } ?? servers[attempt % servers.count]
-            guard let client = clients[target] else { break }
-            do {
-                return try await call(client)
-            } catch let error as RPCError {
-                lastError = error
-                switch error.code {
-                case .unavailable, .deadlineExceeded, .aborted, .resourceExhausted, .cancelled, .unknown:
-                    let hint = error.metadata[stringValues: leaderMetadataKey].first(where: { _ in true }).flatMap { HostPort($0) }
-                    leader.withLock { current in
-                        if let hint, clients[hint] != nil {
-                            current = hint
-                        } else {
-                            let index = servers.firstIndex(of: target) ?? 0
-                            current = servers[(index + 1) % servers.count]
-                        }
-                    }
-                    if hint == nil { try await Task.sleep(for: Self.retryPause) }
-                default:
-                    throw error
-                }
-            }
-        }
-        throw lastError ?? CairnError(.unavailable, "no server answered")
     }
 }

@@ -84,25 +84,3 @@ extension KeyValueService {
         }
     }
 }
-
-/// gRPC metadata key carrying the leader's `HOST:PORT` on a not-leader error.
-public let leaderMetadataKey = "cairn-leader"
-
-extension RaftNodeError {
-    /// The gRPC status a client sees: `unavailable` with the leader's address for not-leader
-    /// (clients redirect), `deadlineExceeded` for an unknown outcome, `aborted` for a proposal
-    /// that definitely did not commit, `resourceExhausted` for back-pressure.
-    public var rpcError: RPCError {
-        switch code {
-        case .notLeader:
-            var metadata = Metadata()
-            if let leaderAddress { metadata.addString(leaderAddress.description, forKey: leaderMetadataKey) }
-            return RPCError(code: .unavailable, message: "not the leader: \(self)", metadata: metadata)
-        case .timedOut: return RPCError(code: .deadlineExceeded, message: "\(self)")
-        case .dropped: return RPCError(code: .aborted, message: "\(self)")
-        case .busy: return RPCError(code: .resourceExhausted, message: "\(self)")
-        case .stopped: return RPCError(code: .unavailable, message: "\(self)")
-        case .rejected: return RPCError(code: .failedPrecondition, message: "\(self)")
-        }
-    }
-}

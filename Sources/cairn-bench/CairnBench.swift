@@ -13,7 +13,7 @@ struct CairnBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cairn-bench",
         abstract: "Cairn micro-benchmarks; see tools/bench.",
-        subcommands: [SHA256Bench.self, ChunkBench.self, RaftBench.self]
+        subcommands: [SHA256Bench.self, ChunkBench.self, RaftBench.self, MetaBench.self, MetaMemoryBench.self]
     )
 }
 

@@ -3,6 +3,7 @@ import CairnCore
 import ChunkServer
 import ChunkStore
 import Logging
+import MetaService
 import ServiceLifecycle
 import SystemPackage
 
@@ -34,13 +35,32 @@ struct ChunkserverCommand: AsyncParsableCommand {
     @Option(help: "Puts and gets served at once.")
     var transfersMax: Int = 32
 
+    @Option(help: "Metadata replicas to register with and heartbeat to, HOST:PORT,… (none: run standalone).")
+    var meta: String?
+
+    @Option(help: "Address clients use to reach this server, HOST:PORT (default: the bound --listen address).")
+    var advertise: String?
+
+    @Option(help: "Placement weight: share of chunks relative to other servers (e.g. proportional to disk size).")
+    var weight: UInt32 = 100
+
+    @Option(help: "Failure-domain label (host, rack): replicas of a chunk go to distinct domains where possible.")
+    var failureDomain: String = ""
+
     @OptionGroup var logging: LoggingOptions
+
+    var metaServers: [HostPort] { (meta ?? "").split(separator: ",").compactMap { HostPort(String($0)) } }
 
     func validate() throws {
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, got '\(listen)'") }
         guard ByteCount.parse(reserve) != nil else { throw ValidationError("--reserve: cannot parse '\(reserve)'") }
         guard ByteCount.parse(scrubRate) != nil else { throw ValidationError("--scrub-rate: cannot parse '\(scrubRate)'") }
         guard let max = ByteCount.parse(chunkBytesMax), max > 0 else { throw ValidationError("--chunk-bytes-max: cannot parse '\(chunkBytesMax)'") }
+        if let meta, metaServers.isEmpty || metaServers.count != meta.split(separator: ",").count {
+            throw ValidationError("--meta must be HOST:PORT,…, got '\(meta)'")
+        }
+        if let advertise, HostPort(advertise) == nil { throw ValidationError("--advertise must be HOST:PORT, got '\(advertise)'") }
+        guard failureDomain.utf8.count <= 64 else { throw ValidationError("--failure-domain is longer than 64 bytes") }
         guard scrubInterval >= 0 else { throw ValidationError("--scrub-interval must not be negative") }
     }
 
@@ -62,8 +82,33 @@ struct ChunkserverCommand: AsyncParsableCommand {
             printError("cairn chunkserver: \(error)")
             throw ExitCode.failure
         }
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: server)]
+        if !metaServers.isEmpty {
+            let identity: [UInt8]
+            do {
+                identity = try ChunkserverHeartbeats.identity(in: FilePath(data))
+            } catch {
+                printError("cairn chunkserver: \(error)")
+                throw ExitCode.failure
+            }
+            let advertised = advertise.flatMap(HostPort.init)
+            services.append(.init(service: ChunkserverHeartbeats(
+                metaServers: metaServers, identity: identity,
+                address: { [server] in
+                    if let advertised { return advertised }
+                    guard let bound = await server.boundAddress(), let ip = bound.ipAddress, let port = bound.port else { return nil }
+                    return HostPort(host: ip, port: port)
+                },
+                weight: weight, failureDomain: failureDomain,
+                report: { [store = server.store] in
+                    let stats = (try? store.stats()) ?? ChunkStoreStats()
+                    return .init(capacityBytes: UInt64(max(stats.capacityBytes, 0)), usedBytes: UInt64(max(stats.usedBytes, 0)),
+                                 chunks: UInt64(max(stats.chunkCount, 0)), quarantined: UInt64(max(stats.quarantinedTotal, 0)))
+                },
+                logger: logger)))
+        }
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: server)],
+            services: services,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
         try await withThrowingTaskGroup(of: Void.self) { tasks in

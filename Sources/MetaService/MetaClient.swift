@@ -1,0 +1,152 @@
+import CairnCore
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import MetaState
+import Placement
+import RaftRuntime
+
+/// A client of the metadata service: sends each call to the leader (following not-leader
+/// hints, retrying through elections within `LeaderFollower`'s bounds) and decodes replies.
+///
+/// Mutations are only safe to retry inside a `MetaSession`, whose `(session, sequence)` makes
+/// the state machine apply each at most once.
+public final class MetaClient: Sendable {
+    typealias Stub = Cairn_Meta_V1_Meta.Client<HTTP2ClientTransport.Posix>
+    public let servers: [HostPort]
+    let leader: LeaderFollower<Stub>
+    /// Largest reply accepted (a readdir page or extent list stays far below it).
+    public static let replyBytesMax = 16 << 20
+    /// Deadline of one attempt of one call.
+    public let callTimeout: Duration
+
+    private init(servers: [HostPort], stubs: [HostPort: Stub], attemptsMax: Int, callTimeout: Duration) {
+        self.servers = servers
+        self.callTimeout = callTimeout
+        leader = LeaderFollower(servers: servers, clients: stubs, attemptsMax: attemptsMax)
+    }
+
+    /// Connects to every replica for the duration of `body`.
+    /// - Parameter attemptsMax: attempts per call (100 ms apart when no leader is known).
+    public static func with<T: Sendable>(servers: [HostPort], attemptsMax: Int = 300, callTimeout: Duration = .seconds(10),
+                                         _ body: (MetaClient) async throws -> T) async throws -> T {
+        precondition(!servers.isEmpty)
+        var grpcClients: [HostPort: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
+        for server in servers where grpcClients[server] == nil {
+            grpcClients[server] = GRPCClient(transport: try .http2NIOPosix(
+                target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext,
+                config: .defaults { $0.http2.targetWindowSize = 8 << 20 },
+                serviceConfig: ServiceConfig()))
+        }
+        let stubs = grpcClients.mapValues { Stub(wrapping: $0) }
+        let frozen = grpcClients
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            for client in frozen.values { group.addTask { try await client.runConnections() } }
+            defer { for client in frozen.values { client.beginGracefulShutdown() } }
+            return try await body(MetaClient(servers: servers, stubs: stubs, attemptsMax: attemptsMax, callTimeout: callTimeout))
+        }
+    }
+
+    var callOptions: CallOptions {
+        var options = CallOptions.defaults
+        options.timeout = callTimeout
+        options.maxResponseMessageBytes = Self.replyBytesMax
+        return options
+    }
+
+    /// Executes one command on the leader and returns its reply. Namespace errors are
+    /// `.failure(errno)` replies, not throws.
+    ///
+    /// - Throws: `CairnError` `.unavailable` when no leader answered within the attempts,
+    ///   `.invalidArgument` when the service refused the request, `.protocolViolation` for an
+    ///   undecodable reply.
+    public func execute(_ command: MetaCommand) async throws(CairnError) -> MetaReply {
+        var request = Cairn_Meta_V1_ExecuteRequest()
+        request.command = Data(command.encoded())
+        let response = try await call { try await $0.execute(request, options: callOptions) }
+        do {
+            return try MetaReply(decoding: Array(response.reply))
+        } catch {
+            throw CairnError(.protocolViolation, "undecodable reply from the metadata service", cause: error)
+        }
+    }
+
+    /// Runs a read-only operation (linearizable) as `credentials`.
+    public func read(_ operation: MetaOperation, as credentials: Credentials = .root) async throws(CairnError) -> MetaReply {
+        precondition(!operation.isMutation, "mutations go through a MetaSession")
+        return try await execute(MetaCommand(credentials: credentials, now: .zero, operation: operation))
+    }
+
+    /// The ring (current and previous epochs), the live chunkservers and their capacity.
+    public func cluster() async throws(CairnError) -> ClusterView {
+        let response = try await call { try await $0.cluster(Cairn_Meta_V1_ClusterRequest(), options: callOptions) }
+        guard case .ring(let ring)? = try? MetaReply(decoding: Array(response.ring)) else {
+            throw CairnError(.protocolViolation, "the metadata service sent no ring")
+        }
+        return ClusterView(ring: ring, live: Set(response.live.map({ ChunkserverID($0) })),
+                           capacityBytes: response.capacityBytes, usedBytes: response.usedBytes)
+    }
+
+    /// A chunkserver's heartbeat (registers it on first contact or when its details change).
+    public func heartbeat(_ request: Cairn_Meta_V1_ChunkserverHeartbeatRequest) async throws(CairnError) -> Cairn_Meta_V1_ChunkserverHeartbeatResponse {
+        try await call { try await $0.chunkserverHeartbeat(request, options: callOptions) }
+    }
+
+    /// Tells the leader a replica was found missing or corrupt.
+    public func reportBadReplica(chunk: ChunkID, server: HostPort, reason: String) async throws(CairnError) {
+        var request = Cairn_Meta_V1_BadReplicaRequest()
+        request.chunk = Data(chunk.bytes)
+        request.server = server.description
+        request.reason = String(reason.prefix(1000))
+        _ = try await call { try await $0.reportBadReplica(request, options: callOptions) }
+    }
+
+    /// Adds a replica (learner or voter) or removes one, through the leader.
+    public func changeMembership(_ kind: Cairn_Meta_V1_MembershipRequest.Kind, node: UInt64, address: HostPort?) async throws(CairnError) -> Cairn_Meta_V1_MembershipResponse {
+        var request = Cairn_Meta_V1_MembershipRequest()
+        request.kind = kind
+        request.node = node
+        request.address = address?.description ?? ""
+        return try await call { try await $0.changeMembership(request, options: callOptions) }
+    }
+
+    /// One replica's own status (not redirected); `nil` if it does not answer in time.
+    public func status(of server: HostPort, timeout: Duration = .seconds(3)) async -> Cairn_Meta_V1_StatusResponse? {
+        guard let stub = leader.client(server) else { return nil }
+        var options = callOptions
+        options.timeout = timeout
+        return try? await stub.status(Cairn_Meta_V1_StatusRequest(), options: options)
+    }
+
+    private func call<T: Sendable>(_ body: (Stub) async throws -> T) async throws(CairnError) -> T {
+        do {
+            return try await leader.call(body)
+        } catch let error as CairnError {
+            throw error
+        } catch let error as RPCError {
+            let code: CairnError.Code = switch error.code {
+            case .invalidArgument, .outOfRange: .invalidArgument
+            case .failedPrecondition, .permissionDenied: .invalidArgument
+            case .resourceExhausted: .busy
+            case .internalError, .dataLoss: .internal
+            default: .unavailable
+            }
+            throw CairnError(code, "metadata service (\(servers.map(\.description).joined(separator: ","))): \(error.message)", cause: error)
+        } catch {
+            throw CairnError(.unavailable, "metadata service call failed", cause: error)
+        }
+    }
+}
+
+/// What a client needs to place and find chunks.
+public struct ClusterView: Sendable, Equatable {
+    public var ring: RingState
+    public var live: Set<ChunkserverID>
+    public var capacityBytes: UInt64
+    public var usedBytes: UInt64
+}
+
+extension MetaClient {
+    /// The replica this client currently sends calls to (the last known leader).
+    public var leaderAddress: HostPort? { leader.currentLeader }
+}

@@ -1,0 +1,75 @@
+import CairnCore
+import MetaState
+import Synchronization
+
+/// A client session with the metadata service: what a mount holds. Mutations carry
+/// `(session, sequence)` so a retry after a lost answer or a leader change applies once;
+/// files the session has open stay readable after an unlink until it closes them or expires.
+///
+/// Keep the session alive with `keepAlive()` (heartbeats every third of its ttl).
+public final class MetaSession: Sendable {
+    public let client: MetaClient
+    public let id: SessionID
+    public let ttl: Duration
+    private let nextSequence = Atomic<UInt64>(1)
+    /// Mutations in flight at once: well inside the state machine's per-session window of
+    /// remembered replies (`MetaLimits.dedupRepliesPerSessionMax`), so any retry still finds
+    /// its first answer.
+    private let mutations: AsyncSemaphore
+    public static let mutationsInflightMax = 64
+
+    private init(client: MetaClient, id: SessionID, ttl: Duration) {
+        self.client = client
+        self.id = id
+        self.ttl = ttl
+        mutations = AsyncSemaphore(limit: Self.mutationsInflightMax)
+    }
+
+    /// Registers a new session.
+    /// - Throws: `CairnError` if the service is unreachable or refuses (too many sessions).
+    public static func open(_ client: MetaClient, ttl: Duration = .seconds(60)) async throws(CairnError) -> MetaSession {
+        let (seconds, attoseconds) = ttl.components
+        let nanoseconds = UInt64(max(seconds, 0)) * 1_000_000_000 + UInt64(max(attoseconds, 0) / 1_000_000_000)
+        switch try await client.execute(MetaCommand(now: .zero, operation: .openSession(ttlNanoseconds: nanoseconds))) {
+        case .session(let id): return MetaSession(client: client, id: id, ttl: ttl)
+        case .failure(let error): throw CairnError(.unavailable, "the metadata service refused a session: \(error)")
+        default: throw CairnError(.protocolViolation, "unexpected reply to openSession")
+        }
+    }
+
+    /// Runs one operation as `credentials` within this session. Reads are not sequenced.
+    public func perform(_ operation: MetaOperation, as credentials: Credentials) async throws(CairnError) -> MetaReply {
+        guard operation.isMutation else {
+            return try await client.execute(MetaCommand(session: id, credentials: credentials, now: .zero, operation: operation))
+        }
+        do {
+            try await mutations.acquire()
+        } catch {
+            throw CairnError(.unavailable, "cancelled while waiting to send a mutation", cause: error)
+        }
+        defer { mutations.release() }
+        let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
+        return try await client.execute(MetaCommand(session: id, sequence: sequence, credentials: credentials, now: .zero,
+                                                    operation: operation))
+    }
+
+    /// Heartbeats every third of the ttl until cancelled. Returns (throwing) if the service
+    /// answers that the session is gone (it expired: its open files were released).
+    public func keepAlive() async throws(CairnError) {
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: ttl / 3)
+            } catch {
+                return
+            }
+            if case .failure(let error) = try await client.execute(MetaCommand(session: id, now: .zero, operation: .heartbeat)), error == .ESTALE {
+                throw CairnError(.notFound, "session \(id) ended on the metadata service: \(error)")
+            }
+        }
+    }
+
+    /// Ends the session: closes its handles on the service.
+    public func close() async {
+        _ = try? await client.execute(MetaCommand(session: id, now: .zero, operation: .closeSession))
+    }
+}
