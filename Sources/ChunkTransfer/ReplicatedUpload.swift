@@ -9,8 +9,11 @@ extension ChunkserverPool {
     /// ring) are written in parallel. When one fails — refused connection, error, timeout — the
     /// next unused candidate takes that replica, so a write goes on while at least `replicas`
     /// candidates are reachable. A server that already `has` the chunk is not sent its bytes
-    /// (dedup): one small round trip before each replica's put, which costs little beside a
-    /// put of up to 4 MiB and saves the whole transfer when the chunk is already there. A server
+    /// (dedup): one small round trip before each replica's put. Measured on loopback (debug
+    /// build, one server, 4 MiB chunks, 20 rounds): has 2.0 ms, a fresh put 21.7 ms, a put of
+    /// a chunk already stored 6.8 ms (the server still receives all 4 MiB). So `has` adds
+    /// about a tenth to a new chunk and saves two thirds on loopback for a duplicate — far more
+    /// on a real network, where the duplicate's 4 MiB is the cost. A server
     /// acknowledges a put only after its chunk file and directory are fsynced, so every server
     /// returned holds the chunk durably.
     ///
