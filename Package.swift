@@ -73,6 +73,17 @@ let package = Package(
         ),
         // Consistent-hashing placement of chunks on chunkservers (pure: no I/O, clock or randomness).
         .target(name: "Placement", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
+        // The client side of chunk data: a connection pool, replicated uploads with failover,
+        // verified fetches, the chunk cache and the per-file write buffer.
+        .target(
+            name: "ChunkTransfer",
+            dependencies: [
+                "CairnCore", "ChunkProtocol", "MetaState",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The metadata namespace as a pure, deterministic replicated state machine (no I/O, no clock).
         .target(name: "MetaState", dependencies: ["CairnCore", "Placement"], swiftSettings: swiftSettings),
         // The metadata service: the namespace state machine on Raft behind a gRPC API, its client
@@ -204,6 +215,15 @@ let package = Package(
         .testTarget(
             name: "ChunkStoreTests",
             dependencies: ["ChunkStore", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ChunkTransferTests",
+            dependencies: [
+                "ChunkTransfer", "ChunkServer", "ChunkProtocol", "MetaState", "CairnCore", "CairnTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

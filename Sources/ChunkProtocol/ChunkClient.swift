@@ -60,6 +60,10 @@ public final class ChunkClient: Sendable {
         }
     }
 
+    /// False once the connection has failed or been closed; every later request fails with
+    /// `.unavailable`, so a pool drops such a client and dials again.
+    public var isConnected: Bool { channel.isActive }
+
     /// Closes the connection; outstanding requests fail with `.unavailable`.
     public func close() async {
         try? await channel.close()
