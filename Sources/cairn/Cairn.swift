@@ -7,6 +7,6 @@ struct Cairn: AsyncParsableCommand {
         commandName: "cairn",
         abstract: "Cairn: a distributed file system of content-addressed chunks.",
         version: "0.1.0",
-        subcommands: [ChunkserverCommand.self, ChunkCommand.self, KVCommand.self]
+        subcommands: [ChunkserverCommand.self, ChunkCommand.self, KVCommand.self, PassthroughCommand.self]
     )
 }
