@@ -31,6 +31,7 @@ let package = Package(
         // C modules: each C library is wrapped once.
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .target(name: "CCairnLinux"),
+        .systemLibrary(name: "CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
 
         // Shared value types, limits, errors, hashing and checksums.
         .target(
@@ -102,6 +103,28 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The libfuse3 low-level bridge: a `FuseFileSystem` protocol of async methods, and `FuseMount`,
+        // the service that mounts one and runs the session loop.
+        .target(
+            name: "FuseKernel",
+            dependencies: [
+                "CFuse", "CairnCore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // A FuseFileSystem mirroring a local directory: the baseline `tools/bench` runs beside Cairn.
+        .target(
+            name: "FusePassthrough",
+            dependencies: [
+                "FuseKernel", "CairnCore", "CCairnLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // What integration tests share: temp directories, real daemon processes, seeded bytes.
         .target(
             name: "CairnTestSupport",
@@ -117,7 +140,7 @@ let package = Package(
             name: "cairn",
             dependencies: [
                 "CairnCore", "ChunkStore", "ChunkProtocol", "ChunkServer", "RaftCore", "RaftRuntime", "ReplicatedKV",
-                "MetaService", "MetaState",
+                "MetaService", "MetaState", "FuseKernel", "FusePassthrough",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

@@ -54,6 +54,22 @@ int cairn_lremovexattr(const char *path, const char *name) {
     return lremovexattr(path, name);
 }
 
+int cairn_setxattr(const char *path, const char *name, const void *value, size_t size, int flags) {
+    return setxattr(path, name, value, size, flags);
+}
+
+long cairn_getxattr(const char *path, const char *name, void *value, size_t size) {
+    return (long)getxattr(path, name, value, size);
+}
+
+long cairn_listxattr(const char *path, char *list, size_t size) {
+    return (long)listxattr(path, list, size);
+}
+
+int cairn_removexattr(const char *path, const char *name) {
+    return removexattr(path, name);
+}
+
 int cairn_mknod(const char *path, uint32_t mode, uint32_t major, uint32_t minor) {
     return mknod(path, (mode_t)mode, makedev(major, minor));
 }

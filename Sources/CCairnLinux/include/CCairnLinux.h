@@ -45,6 +45,13 @@ long cairn_lgetxattr(const char *path, const char *name, void *value, size_t siz
 long cairn_llistxattr(const char *path, char *list, size_t size);
 int cairn_lremovexattr(const char *path, const char *name);
 
+/// setxattr(2), getxattr(2), listxattr(2), removexattr(2): as the l* calls above, but following
+/// a final symbolic link (needed on /proc/self/fd/N paths of O_PATH descriptors).
+int cairn_setxattr(const char *path, const char *name, const void *value, size_t size, int flags);
+long cairn_getxattr(const char *path, const char *name, void *value, size_t size);
+long cairn_listxattr(const char *path, char *list, size_t size);
+int cairn_removexattr(const char *path, const char *name);
+
 /// mknod(2): Swift imports it, but `makedev` is a macro; this takes major and minor.
 int cairn_mknod(const char *path, uint32_t mode, uint32_t major, uint32_t minor);
 #endif
