@@ -125,6 +125,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `cairn mount`: Cairn as a FUSE file system — namespace calls to the metadata service,
+        // data to and from chunkservers placed on the ring.
+        .target(
+            name: "CairnMount",
+            dependencies: [
+                "FuseKernel", "MetaService", "MetaState", "ChunkTransfer", "Placement", "CairnCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // What integration tests share: temp directories, real daemon processes, seeded bytes.
         .target(
             name: "CairnTestSupport",
@@ -140,7 +154,7 @@ let package = Package(
             name: "cairn",
             dependencies: [
                 "CairnCore", "ChunkStore", "ChunkProtocol", "ChunkServer", "RaftCore", "RaftRuntime", "ReplicatedKV",
-                "MetaService", "MetaState", "FuseKernel", "FusePassthrough",
+                "MetaService", "MetaState", "FuseKernel", "FusePassthrough", "CairnMount",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
@@ -226,6 +240,11 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CairnMountTests",
+            dependencies: ["CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),

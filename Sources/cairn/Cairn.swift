@@ -7,7 +7,7 @@ struct Cairn: AsyncParsableCommand {
         commandName: "cairn",
         abstract: "Cairn: a distributed file system of content-addressed chunks.",
         version: "0.1.0",
-        subcommands: [MetaReplicaCommand.self, ChunkserverCommand.self, StatusCommand.self, ChunkCommand.self, KVCommand.self,
+        subcommands: [UpCommand.self, MountCommand.self, MetaReplicaCommand.self, ChunkserverCommand.self, StatusCommand.self, ChunkCommand.self, KVCommand.self,
                       PassthroughCommand.self]
     )
 }

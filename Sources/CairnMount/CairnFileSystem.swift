@@ -1,0 +1,338 @@
+import CairnCore
+import ChunkTransfer
+import FuseKernel
+import Glibc
+import Logging
+import MetaService
+import MetaState
+import NIOCore
+import Synchronization
+import SystemPackage
+
+/// Cairn as the kernel sees it through FUSE: every namespace operation goes to the metadata
+/// service as the calling user (in this mount's session, deduplicated across retries); file
+/// data goes to and from the chunkservers in content-addressed chunks, verified before a byte
+/// is returned.
+///
+/// FUSE node IDs are Cairn inode numbers (the root is 1 in both); file handles are the
+/// session's handles on the metadata service.
+public final class CairnFileSystem: FuseFileSystem {
+    let session: MetaSession
+    let map: ClusterMap
+    let pool: ChunkserverPool
+    let cache: ChunkCache
+    let options: CairnMountOptions
+    let logger: Logger
+    private let uploadPermits: AsyncSemaphore
+    private let openFiles = Mutex<[InodeNumber: OpenFile]>([:])
+    /// Handles open for writing, by handle (so write/flush know which handles may commit).
+    private let handles = Mutex<[HandleID: (inode: InodeNumber, writable: Bool)]>([:])
+
+    public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, options: CairnMountOptions, logger: Logger) {
+        self.session = session
+        self.map = map
+        self.pool = pool
+        self.options = options
+        self.logger = logger
+        uploadPermits = AsyncSemaphore(limit: options.uploadsInflightMax)
+        let client = session.client
+        cache = ChunkCache(bytesMax: options.chunkCacheBytes, prefetchesInflightMax: max(1, options.readaheadChunks)) { id, candidates throws(CairnError) in
+            try await pool.fetch(id, candidates: candidates) { server, error in
+                // A missing or corrupt replica is skipped (the next one serves) and reported.
+                logger.warning("bad chunk replica skipped", metadata: ["chunk": "\(id.hex)", "server": "\(server)", "error": "\(error)"])
+                Task { try? await client.reportBadReplica(chunk: id, server: server, reason: "\(error)") }
+            }
+        }
+    }
+
+    // MARK: Plumbing
+
+    func perform(_ operation: MetaOperation, as credentials: Credentials) async throws -> MetaReply {
+        do {
+            return try await session.perform(operation, as: credentials)
+        } catch {
+            logger.error("metadata service call failed", metadata: ["error": "\(error)"])
+            throw Errno(rawValue: EIO)
+        }
+    }
+
+    func attributes(_ reply: MetaReply) throws -> Attributes {
+        guard case .attributes(let attributes) = reply else { throw unexpected(reply) }
+        return attributes
+    }
+
+    func entry(_ attributes: Attributes) -> FuseEntry {
+        FuseEntry(node: attributes.inode, attributes: displayed(attributes))
+    }
+
+    /// Attributes with this mount's buffered size when it holds unwritten data.
+    func displayed(_ attributes: Attributes) -> FuseAttributes {
+        attributes.fuse()
+    }
+
+    func displayed(_ attributes: Attributes, node: InodeNumber) async -> FuseAttributes {
+        guard let file = openFiles.withLock({ $0[node] }), let size = await file.bufferedSize else { return attributes.fuse() }
+        return attributes.fuse(size: size)
+    }
+
+    func openFile(_ inode: InodeNumber) -> OpenFile {
+        openFiles.withLock { files in
+            if let file = files[inode] { return file }
+            let file = OpenFile(inode: inode, fileSystem: self)
+            files[inode] = file
+            return file
+        }
+    }
+
+    /// Hashes, places and uploads one sealed chunk; returns its extent.
+    func upload(_ sealed: SealedChunk) async throws -> Extent {
+        try await uploadPermits.withPermit {
+            let id = SHA256.hash(sealed.bytes)
+            let bytes = ByteBuffer(bytes: sealed.bytes)
+            let plan = map.uploadPlan(id)
+            _ = try await pool.upload(id, bytes: bytes, candidates: plan.candidates, replicas: plan.replicas)
+            cache.insert(id, bytes: bytes)
+            return Extent(fileOffset: sealed.fileOffset, length: UInt64(sealed.bytes.count), chunkID: id, chunkOffset: 0)
+        }
+    }
+
+    /// `length` bytes at `offset` of a committed manifest: extents from verified chunks, holes as zeros.
+    func readCommitted(_ manifest: FileManifest, offset: UInt64, length: Int) async throws -> [UInt8] {
+        let end = min(offset + UInt64(length), manifest.size)
+        guard offset < end else { return [] }
+        var out = [UInt8](repeating: 0, count: Int(end - offset))
+        var index = manifest.firstExtent(endingAfter: offset)
+        while index < manifest.extents.count, manifest.extents[index].fileOffset < end {
+            let extent = manifest.extents[index]
+            let from = max(offset, extent.fileOffset), to = min(end, extent.fileEnd)
+            let bytes: ByteBuffer
+            do {
+                bytes = try await cache.read(extent.chunkID, offset: Int(extent.chunkOffset + (from - extent.fileOffset)),
+                                             length: Int(to - from), candidates: map.readCandidates(extent.chunkID))
+            } catch {
+                logger.error("chunk unreadable", metadata: ["chunk": "\(extent.chunkID.hex)", "error": "\(error)"])
+                throw Errno(rawValue: EIO)
+            }
+            guard bytes.readableBytes == Int(to - from) else {
+                logger.error("chunk shorter than its extent", metadata: ["chunk": "\(extent.chunkID.hex)"])
+                throw Errno(rawValue: EIO)
+            }
+            out.withUnsafeMutableBytes { target in
+                bytes.withUnsafeReadableBytes { source in
+                    target.baseAddress!.advanced(by: Int(from - offset)).copyMemory(from: source.baseAddress!, byteCount: source.count)
+                }
+            }
+            index += 1
+        }
+        return out
+    }
+
+    /// Starts fetching the chunks of the next `readaheadChunks` extents after `offset`.
+    func readAhead(_ manifest: FileManifest, after offset: UInt64) {
+        var index = manifest.firstExtent(endingAfter: offset)
+        var started = 0
+        var last: ChunkID?
+        while index < manifest.extents.count, started < options.readaheadChunks {
+            let id = manifest.extents[index].chunkID
+            if id != last, !cache.contains(id) {
+                _ = cache.prefetch(id, candidates: map.readCandidates(id))
+                started += 1
+            }
+            last = id
+            index += 1
+        }
+    }
+
+    // MARK: Names and attributes
+
+    public func lookup(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
+        let found = try attributes(try await perform(.lookup(parent: parent, name: name.bytes), as: Credentials(context)))
+        return FuseEntry(node: found.inode, attributes: await displayed(found, node: found.inode))
+    }
+
+    public func getattr(node: UInt64, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
+        let found = try attributes(try await perform(.getattr(node), as: Credentials(context)))
+        return await displayed(found, node: node)
+    }
+
+    public func setattr(node: UInt64, changes: FuseAttributeChanges, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
+        let converted = AttributeChanges(mode: changes.mode, uid: changes.uid, gid: changes.gid, size: changes.size,
+                                         atime: changes.atime.timeChange, mtime: changes.mtime.timeChange)
+        let credentials = Credentials(context)
+        if changes.size != nil, let file = openFiles.withLock({ $0[node] }) {
+            return try await file.truncate(to: changes.size!, changes: converted, handle: handle, as: credentials).fuse()
+        }
+        let reply = try await perform(.setattr(node, converted, handle: handle), as: credentials)
+        guard case .attributesReleased(let updated, _) = reply else { throw unexpected(reply) }
+        return await displayed(updated, node: node)
+    }
+
+    public func readlink(node: UInt64, context: FuseRequestContext) async throws -> [UInt8] {
+        let reply = try await perform(.readlink(node), as: Credentials(context))
+        guard case .bytes(let target) = reply else { throw unexpected(reply) }
+        return target
+    }
+
+    public func mknod(parent: UInt64, name: FuseName, mode: UInt32, rdev: UInt64, context: FuseRequestContext) async throws -> FuseEntry {
+        guard let type = FileType(modeBits: mode & 0o170000) ?? (mode & 0o170000 == 0 ? .regular : nil) else { throw Errno(rawValue: EINVAL) }
+        return entry(try attributes(try await perform(.mknod(parent: parent, name: name.bytes, type: type, mode: mode & 0o7777, rdev: rdev),
+                                                      as: Credentials(context))))
+    }
+
+    public func mkdir(parent: UInt64, name: FuseName, mode: UInt32, context: FuseRequestContext) async throws -> FuseEntry {
+        entry(try attributes(try await perform(.mkdir(parent: parent, name: name.bytes, mode: mode & 0o7777), as: Credentials(context))))
+    }
+
+    public func unlink(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws {
+        let reply = try await perform(.unlink(parent: parent, name: name.bytes), as: Credentials(context))
+        guard case .released = reply else { throw unexpected(reply) }
+    }
+
+    public func rmdir(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws {
+        let reply = try await perform(.rmdir(parent: parent, name: name.bytes), as: Credentials(context))
+        guard case .done = reply else { throw unexpected(reply) }
+    }
+
+    public func symlink(target: [UInt8], parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
+        entry(try attributes(try await perform(.symlink(parent: parent, name: name.bytes, target: target), as: Credentials(context))))
+    }
+
+    public func rename(parent: UInt64, name: FuseName, newParent: UInt64, newName: FuseName, flags: FuseRenameFlags,
+                       context: FuseRequestContext) async throws {
+        guard flags.subtracting([.noReplace, .exchange]).isEmpty else { throw Errno(rawValue: EINVAL) }
+        let reply = try await perform(.rename(oldParent: parent, oldName: name.bytes, newParent: newParent, newName: newName.bytes,
+                                              flags: RenameFlags(rawValue: flags.rawValue)), as: Credentials(context))
+        guard case .released = reply else { throw unexpected(reply) }
+    }
+
+    public func link(node: UInt64, newParent: UInt64, newName: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
+        let linked = try attributes(try await perform(.link(node, newParent: newParent, newName: newName.bytes), as: Credentials(context)))
+        return FuseEntry(node: linked.inode, attributes: await displayed(linked, node: linked.inode))
+    }
+
+    // MARK: Files
+
+    public func open(node: UInt64, flags: Int32, context: FuseRequestContext) async throws -> FuseOpenedFile {
+        let openFlags = OpenFlags(posix: flags)
+        let file = openFile(node)
+        if openFlags.contains(.truncate) { try await file.flush(handle: nil) }
+        let reply = try await perform(.open(node, flags: openFlags), as: Credentials(context))
+        guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
+        await registered(opened.handle, file: file, flags: openFlags)
+        return FuseOpenedFile(handle: opened.handle)
+    }
+
+    public func create(parent: UInt64, name: FuseName, mode: UInt32, flags: Int32, context: FuseRequestContext) async throws
+        -> (entry: FuseEntry, file: FuseOpenedFile) {
+        let openFlags = OpenFlags(posix: flags).union(.create)
+        let reply = try await perform(.create(parent: parent, name: name.bytes, flags: openFlags, mode: mode & 0o7777), as: Credentials(context))
+        guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
+        let file = openFile(opened.attributes.inode)
+        await registered(opened.handle, file: file, flags: openFlags)
+        return (FuseEntry(node: opened.attributes.inode, attributes: opened.attributes.fuse()), FuseOpenedFile(handle: opened.handle))
+    }
+
+    private func registered(_ handle: HandleID, file: OpenFile, flags: OpenFlags) async {
+        handles.withLock { $0[handle] = (file.inode, flags.contains(.write)) }
+        await file.opened(handle: handle, writable: flags.contains(.write), truncated: flags.contains(.truncate))
+    }
+
+    public func read(node: UInt64, handle: UInt64, offset: Int64, size: Int, context: FuseRequestContext) async throws -> [UInt8] {
+        guard offset >= 0 else { throw Errno(rawValue: EINVAL) }
+        let file = openFile(node)
+        let manifest = try await file.manifestForRead()
+        let bytes = try await readCommitted(manifest, offset: UInt64(offset), length: size)
+        let end = UInt64(offset) + UInt64(bytes.count)
+        if await file.noteRead(offset: UInt64(offset), end: end) { readAhead(manifest, after: end) }
+        return bytes
+    }
+
+    public func write(node: UInt64, handle: UInt64, offset: Int64, bytes: [UInt8], context: FuseRequestContext) async throws -> Int {
+        guard offset >= 0 else { throw Errno(rawValue: EINVAL) }
+        guard handles.withLock({ $0[handle]?.writable }) == true else { throw Errno(rawValue: EBADF) }
+        try await openFile(node).write(offset: UInt64(offset), bytes: bytes, handle: handle, as: Credentials(context))
+        return bytes.count
+    }
+
+    public func flush(node: UInt64, handle: UInt64, lockOwner: UInt64, context: FuseRequestContext) async throws {
+        guard let file = openFiles.withLock({ $0[node] }) else { return }
+        try await file.flush(handle: handle)
+    }
+
+    public func fsync(node: UInt64, handle: UInt64, dataOnly: Bool, context: FuseRequestContext) async throws {
+        guard let file = openFiles.withLock({ $0[node] }) else { return }
+        try await file.flush(handle: handle)
+    }
+
+    public func release(node: UInt64, handle: UInt64, flags: Int32, context: FuseRequestContext) async throws {
+        let file = openFiles.withLock { $0[node] }
+        var flushError: (any Error)?
+        if let file {
+            do { try await file.flush(handle: handle) } catch { flushError = error }
+        }
+        handles.withLock { _ = $0.removeValue(forKey: handle) }
+        _ = try? await session.perform(.close(handle), as: Credentials(context))
+        if let file, await file.released(handle: handle), !(await file.isDirty) {
+            openFiles.withLock { files in
+                if files[node] === file { files[node] = nil }
+            }
+        }
+        if let flushError { throw flushError }
+    }
+
+    // MARK: Directories
+
+    public func readdir(node: UInt64, handle: UInt64, offset: Int64, bytesMax: Int, context: FuseRequestContext) async throws
+        -> [FuseDirectoryEntry] {
+        let count = UInt32(max(1, min(bytesMax / 32, 4096)))
+        let reply = try await perform(.readdir(node, after: UInt64(max(offset, 0)), count: count), as: Credentials(context))
+        guard case .page(let page) = reply else { throw unexpected(reply) }
+        return page.entries.map {
+            FuseDirectoryEntry(name: FuseName(bytes: $0.name), ino: $0.inode, fileType: $0.type.modeBits, nextOffset: Int64($0.cookie))
+        }
+    }
+
+    // MARK: The rest
+
+    public func statfs(node: UInt64, context: FuseRequestContext) async throws -> FuseVolumeStatus {
+        let reply = try await perform(.statfs, as: Credentials(context))
+        guard case .statistics(let statistics) = reply else { throw unexpected(reply) }
+        let view = map.current
+        let replicas = UInt64(max(1, min(options.replicas, max(view.live.count, 1))))
+        let blockSize: UInt64 = 4096
+        let total = view.capacityBytes / replicas / blockSize
+        let free = (view.capacityBytes - min(view.usedBytes, view.capacityBytes)) / replicas / blockSize
+        let filesFree = statistics.inodesMax - min(statistics.inodesUsed, statistics.inodesMax)
+        return FuseVolumeStatus(blockSize: blockSize, fragmentSize: blockSize, blocks: total, blocksFree: free, blocksAvailable: free,
+                                files: statistics.inodesMax, filesFree: filesFree, filesAvailable: filesFree,
+                                nameBytesMax: UInt64(statistics.nameBytesMax))
+    }
+
+    public func setxattr(node: UInt64, name: FuseName, value: [UInt8], flags: Int32, context: FuseRequestContext) async throws {
+        let reply = try await perform(.setxattr(node, name: name.bytes, value: value, flags: XattrFlags(rawValue: UInt32(flags & 3))),
+                                      as: Credentials(context))
+        guard case .done = reply else { throw unexpected(reply) }
+    }
+
+    public func getxattr(node: UInt64, name: FuseName, context: FuseRequestContext) async throws -> [UInt8] {
+        let reply = try await perform(.getxattr(node, name: name.bytes, sizeMax: nil), as: Credentials(context))
+        guard case .bytes(let value) = reply else { throw unexpected(reply) }
+        return value
+    }
+
+    public func listxattr(node: UInt64, context: FuseRequestContext) async throws -> [FuseName] {
+        let reply = try await perform(.listxattr(node, sizeMax: nil), as: Credentials(context))
+        guard case .names(let names) = reply else { throw unexpected(reply) }
+        return names.map { FuseName(bytes: $0) }
+    }
+
+    public func removexattr(node: UInt64, name: FuseName, context: FuseRequestContext) async throws {
+        let reply = try await perform(.removexattr(node, name: name.bytes), as: Credentials(context))
+        guard case .done = reply else { throw unexpected(reply) }
+    }
+
+    public func access(node: UInt64, mask: Int32, context: FuseRequestContext) async throws {
+        let found = try attributes(try await perform(.getattr(node), as: Credentials(context)))
+        guard permits(found, mask: mask, Credentials(context)) else { throw Errno(rawValue: EACCES) }
+    }
+}

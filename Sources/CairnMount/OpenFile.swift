@@ -1,0 +1,217 @@
+import CairnCore
+import ChunkTransfer
+import Glibc
+import MetaState
+import NIOCore
+import SystemPackage
+
+/// A file's committed manifest as last read from the metadata service: the extents and size.
+struct FileManifest: Sendable {
+    var size: UInt64
+    var extents: [Extent]
+
+    /// Index of the first extent ending after `offset`.
+    func firstExtent(endingAfter offset: UInt64) -> Int {
+        var low = 0, high = extents.count
+        while low < high {
+            let mid = (low + high) / 2
+            if extents[mid].fileEnd <= offset { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+}
+
+/// One open inode of this mount: its write buffer, the uploads and commits in progress, and
+/// its cached manifest. Every handle of the inode in this mount shares it, so a read through
+/// any handle sees what was written through another.
+///
+/// Writes, flushes and truncates take `gate` for their whole run, so none interleaves with
+/// another across a suspension point; uploads run in the background and are awaited by the
+/// next flush (or when too many are pending).
+actor OpenFile {
+    let inode: InodeNumber
+    unowned let fileSystem: CairnFileSystem
+    private let gate = AsyncSemaphore(limit: 1)
+    private var buffer: FileWriteBuffer?
+    private var uploads: [Task<Extent, any Error>] = []
+    /// Uploaded extents not yet committed, in the order they were sealed (later ones win).
+    private var pending: [Extent] = []
+    private var manifest: FileManifest?
+    /// Meta handles open for writing (a commit needs one).
+    private var writableHandles: Set<HandleID> = []
+    private var credentials = Credentials.root
+    /// Handles open on this inode in this mount.
+    var opens = 0
+    /// Where the last read ended (sequential detection for readahead).
+    private var lastReadEnd: UInt64 = .max
+
+    init(inode: InodeNumber, fileSystem: CairnFileSystem) {
+        self.inode = inode
+        self.fileSystem = fileSystem
+    }
+
+    var isDirty: Bool { !(buffer?.isClean ?? true) || !pending.isEmpty || !uploads.isEmpty }
+
+    /// A new open: close-to-open consistency — a clean file forgets its cached manifest so the
+    /// next read sees what other mounts committed before this open.
+    func opened(handle: HandleID, writable: Bool, truncated: Bool) {
+        opens += 1
+        if writable { writableHandles.insert(handle) }
+        if !isDirty || truncated {
+            if truncated { buffer = nil }
+            manifest = nil
+        }
+    }
+
+    /// A handle is released (after its last flush). Returns true when no handle is left.
+    func released(handle: HandleID) -> Bool {
+        opens -= 1
+        writableHandles.remove(handle)
+        return opens <= 0
+    }
+
+    /// The size this mount sees: the buffered size while it holds unwritten data.
+    var bufferedSize: UInt64? { isDirty ? buffer?.fileSize : nil }
+
+    // MARK: Writing
+
+    func write(offset: UInt64, bytes: [UInt8], handle: HandleID, as credentials: Credentials) async throws {
+        try await withGate {
+            self.credentials = credentials
+            if buffer == nil {
+                buffer = FileWriteBuffer(fileSize: try await committedManifest().size, chunkBytes: fileSystem.options.chunkBytes,
+                                         dirtyBytesMax: fileSystem.options.dirtyBytesPerFileMax)
+            }
+            if buffer!.dirtyBytes + bytes.count > buffer!.dirtyBytesMax {
+                try await flushLocked(handle: handle)
+            }
+            try buffer!.write(offset: offset, bytes: bytes)
+            for index in buffer!.sealableChunkIndexes { startUpload(buffer!.seal(index, base: nil)) }
+            if uploads.count + pending.count >= fileSystem.options.pendingExtentsMax {
+                try await drainUploads()
+                try await commit(handle: handle)
+            }
+        }
+    }
+
+    /// Makes everything written so far durable on the chunkservers and committed to the
+    /// metadata service (fsync, flush on close, release).
+    func flush(handle: HandleID?) async throws {
+        try await withGate { try await flushLocked(handle: handle) }
+    }
+
+    /// Truncates (or extends) to `size` through `handle` (ftruncate) or by path (truncate).
+    func truncate(to size: UInt64, changes: AttributeChanges, handle: HandleID?, as credentials: Credentials) async throws -> Attributes {
+        try await withGate {
+            try await flushLocked(handle: handle)
+            let reply = try await fileSystem.perform(.setattr(inode, changes, handle: handle), as: credentials)
+            guard case .attributesReleased(let attributes, _) = reply else { throw unexpected(reply) }
+            manifest = nil
+            buffer = nil
+            return attributes
+        }
+    }
+
+    private func flushLocked(handle: HandleID?) async throws {
+        guard isDirty else { return }
+        let writer = handle.flatMap { writableHandles.contains($0) ? $0 : nil } ?? writableHandles.min()
+        guard let writer else { throw Errno(rawValue: EBADF) }
+        try await drainUploads()
+        try await commit(handle: writer)
+        if var current = buffer, !current.isClean {
+            for index in current.dirtyChunkIndexes {
+                let base = current.needsBase(index) ? try await committedContent(chunk: index, chunkBytes: current.chunkBytes) : nil
+                startUpload(current.seal(index, base: base))
+            }
+            buffer = current
+        }
+        try await drainUploads()
+        try await commit(handle: writer)
+    }
+
+    private func startUpload(_ sealed: SealedChunk) {
+        let fileSystem = self.fileSystem
+        uploads.append(Task {
+            try await fileSystem.upload(sealed)
+        })
+    }
+
+    /// Waits for every upload; the first failure is thrown after all have finished (EIO to the
+    /// application: the data did not reach enough chunkservers).
+    private func drainUploads() async throws {
+        var failure: (any Error)?
+        let running = uploads
+        uploads = []
+        for task in running {
+            do {
+                pending.append(try await task.value)
+            } catch {
+                failure = failure ?? error
+            }
+        }
+        if let failure {
+            fileSystem.logger.error("upload failed", metadata: ["inode": "\(inode)", "error": "\(failure)"])
+            throw Errno(rawValue: EIO)
+        }
+    }
+
+    private func commit(handle: HandleID) async throws {
+        guard !pending.isEmpty else { return }
+        let limit = MetaLimits().extentsPerCommitMax
+        while !pending.isEmpty {
+            let batch = Array(pending.prefix(limit))
+            let reply = try await fileSystem.perform(.commitWrite(handle: handle, extents: batch), as: credentials)
+            guard case .attributesReleased = reply else { throw unexpected(reply) }
+            pending.removeFirst(batch.count)
+        }
+        manifest = nil
+    }
+
+    private func withGate<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        try await gate.acquire()
+        defer { gate.release() }
+        return try await body()
+    }
+
+    // MARK: Reading
+
+    /// The committed manifest (after committing this mount's own writes), cached until the
+    /// next commit, truncate or open.
+    func manifestForRead() async throws -> FileManifest {
+        if isDirty { try await flush(handle: nil) }
+        return try await committedManifest()
+    }
+
+    private func committedManifest() async throws -> FileManifest {
+        if let manifest { return manifest }
+        var extents: [Extent] = []
+        var size: UInt64 = 0
+        var offset: UInt64 = 0
+        while true {
+            let reply = try await fileSystem.perform(.readExtents(inode, offset: offset, length: .max - offset), as: .root)
+            guard case .extents(let page, let fileSize) = reply else { throw unexpected(reply) }
+            size = fileSize
+            extents += page
+            guard let last = page.last, last.fileEnd < fileSize, last.fileEnd > offset else { break }
+            offset = last.fileEnd
+        }
+        let loaded = FileManifest(size: size, extents: extents)
+        manifest = loaded
+        return loaded
+    }
+
+    /// The committed content of chunk `index` (holes as zeros), nil when the file ends before it.
+    private func committedContent(chunk index: Int, chunkBytes: Int) async throws -> [UInt8]? {
+        let current = try await committedManifest()
+        let start = UInt64(index) * UInt64(chunkBytes)
+        guard start < current.size else { return nil }
+        let length = Int(min(UInt64(chunkBytes), current.size - start))
+        return try await fileSystem.readCommitted(current, offset: start, length: length)
+    }
+
+    /// Notes a read for readahead: true if it continues the previous one.
+    func noteRead(offset: UInt64, end: UInt64) -> Bool {
+        defer { lastReadEnd = end }
+        return offset == lastReadEnd || offset == 0
+    }
+}
