@@ -187,36 +187,73 @@ public final class FuseMount: Service, Sendable {
         }
     }
 
-    /// Ends `run()`: marks the session exited and unmounts, which wakes every loop thread.
+    /// Ends `run()` by unmounting, which wakes every loop thread. A busy mount (open files, a
+    /// working directory inside) is detached at once — the name disappears, open files keep
+    /// working — and the session ends when the last of them closes, or after
+    /// `Options.drainTimeout`, when the connection is aborted (their users then get `ENOTCONN`).
     /// Safe to call from any thread, more than once, before or after `run()` started.
     public func stop() {
         let session = state.withLock { s -> FuseSession? in
-            s.stopRequested = true
-            return s.session
+            defer { s.stopRequested = true }
+            return s.stopRequested ? nil : s.session
         }
         guard let session else { return }
-        session.exit()
-        Self.unmountFromOutside(mountpoint, logger: logger)
-    }
-
-    /// `umount2(2)` as a user of the mount would (root), or `fusermount3 -u -z` otherwise. A busy
-    /// mount (open files, a working directory inside) is detached lazily: the loop then ends when
-    /// the last of them goes away.
-    private static func unmountFromOutside(_ mountpoint: FilePath, logger: Logger) {
+        let mountpoint = self.mountpoint
+        let logger = self.logger
+        // Read before unmounting: the connection's number is the minor of the mount's device.
+        let connection = Self.fuseConnection(of: mountpoint)
         let result = mountpoint.withPlatformString { umount2($0, 0) }
-        if result == 0 { return }
+        if result == 0 {
+            session.exit()
+            return
+        }
         let error = Errno(rawValue: errno)
         switch error {
         case .resourceBusy:
-            logger.warning("mount busy; detaching it, the session ends when the last open file closes",
+            logger.warning("mount busy: detached; the session ends when the last open file closes or the drain timeout passes",
                            metadata: ["mountpoint": "\(mountpoint)"])
             _ = mountpoint.withPlatformString { umount2($0, Int32(MNT_DETACH)) }
+            let drainTimeout = options.drainTimeout
+            Task {
+                try? await Task.sleep(for: drainTimeout)
+                guard self.state.withLock({ $0.session != nil }), let connection else { return }
+                logger.warning("aborting the FUSE connection of a detached mount still in use",
+                               metadata: ["mountpoint": "\(mountpoint)", "connection": "\(connection)"])
+                Self.abortConnection(connection, logger: logger)
+            }
         case .invalidArgument, .noSuchFileOrDirectory:
-            return  // Already unmounted.
+            session.exit()  // Already unmounted from outside; the loop is ending.
         case .notPermitted:
-            runFusermount(["-u", "-z", mountpoint.string], logger: logger)
+            session.exit()
+            Self.runFusermount(["-u", "-z", mountpoint.string], logger: logger)
         default:
             logger.error("cannot unmount", metadata: ["mountpoint": "\(mountpoint)", "error": "\(error)"])
+        }
+    }
+
+    /// The FUSE connection number of the mount at `mountpoint` (the minor device number in
+    /// /proc/self/mountinfo), or nil.
+    private static func fuseConnection(of mountpoint: FilePath) -> UInt32? {
+        guard let lines = try? mountInfo() else { return nil }
+        for fields in lines.reversed() where fields.count > 4 && unescapeMountField(fields[4]) == mountpoint.string {
+            return fields[2].split(separator: ":").last.flatMap { UInt32($0) }
+        }
+        return nil
+    }
+
+    /// Writes to /sys/fs/fuse/connections/N/abort (mounting fusectl there if needed): every
+    /// pending and future request of the connection fails, and the session loop ends.
+    private static func abortConnection(_ connection: UInt32, logger: Logger) {
+        let directory = "/sys/fs/fuse/connections"
+        if access("\(directory)/\(connection)", F_OK) != 0 {
+            _ = mount("fusectl", directory, "fusectl", 0, nil)
+        }
+        do {
+            let fd = try FileDescriptor.open(FilePath("\(directory)/\(connection)/abort"), .writeOnly)
+            defer { try? fd.close() }
+            _ = try fd.writeAll(Array("1".utf8))
+        } catch {
+            logger.error("cannot abort the FUSE connection", metadata: ["connection": "\(connection)", "error": "\(error)"])
         }
     }
 
@@ -283,6 +320,11 @@ public final class FuseMount: Service, Sendable {
 
     /// The mount points of /proc/self/mountinfo (the fifth field, octal escapes decoded).
     static func mountPoints() throws(CairnError) -> Set<String> {
+        Set(try mountInfo().compactMap { $0.count > 4 ? unescapeMountField($0[4]) : nil })
+    }
+
+    /// The lines of /proc/self/mountinfo, split into fields.
+    static func mountInfo() throws(CairnError) -> [[Substring]] {
         let text: String
         do {
             let fd = try FileDescriptor.open("/proc/self/mountinfo", .readOnly)
@@ -299,13 +341,7 @@ public final class FuseMount: Service, Sendable {
         } catch {
             throw CairnError(.io, "cannot read /proc/self/mountinfo", cause: error)
         }
-        var points = Set<String>()
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard fields.count > 4 else { continue }
-            points.insert(unescapeMountField(fields[4]))
-        }
-        return points
+        return text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: false) }
     }
 
     private static func unescapeMountField(_ field: Substring) -> String {
