@@ -24,7 +24,10 @@ public final class CairnFileSystem: FuseFileSystem {
     let options: CairnMountOptions
     let logger: Logger
     private let uploadPermits: AsyncSemaphore
-    private let openFiles = Mutex<[InodeNumber: OpenFile]>([:])
+    /// The inodes open in this mount and how many handles each has. Counted here, under one
+    /// lock, so an open racing with the (asynchronous) release of another handle of the same
+    /// inode always finds the same `OpenFile`.
+    private let openFiles = Mutex<[InodeNumber: (file: OpenFile, opens: Int)]>([:])
     /// Handles open for writing, by handle (so write/flush know which handles may commit).
     private let handles = Mutex<[HandleID: (inode: InodeNumber, writable: Bool)]>([:])
 
@@ -71,18 +74,29 @@ public final class CairnFileSystem: FuseFileSystem {
     }
 
     func displayed(_ attributes: Attributes, node: InodeNumber) async -> FuseAttributes {
-        guard let file = openFiles.withLock({ $0[node] }), let size = await file.bufferedSize else { return attributes.fuse() }
+        guard let file = existingFile(node), let size = await file.bufferedSize else { return attributes.fuse() }
         return attributes.fuse(size: size)
     }
 
-    func openFile(_ inode: InodeNumber) -> OpenFile {
+    /// The open file of `inode`, counting one more handle on it.
+    func acquireFile(_ inode: InodeNumber) -> OpenFile {
         openFiles.withLock { files in
-            if let file = files[inode] { return file }
-            let file = OpenFile(inode: inode, fileSystem: self)
-            files[inode] = file
+            let file = files[inode]?.file ?? OpenFile(inode: inode, fileSystem: self)
+            files[inode] = (file, (files[inode]?.opens ?? 0) + 1)
             return file
         }
     }
+
+    /// Counts one handle of `inode` less; forgets the file when none is left (its last release
+    /// has flushed it, and no other handle can write to it).
+    func releaseFile(_ inode: InodeNumber) {
+        openFiles.withLock { files in
+            guard let entry = files[inode] else { return }
+            files[inode] = entry.opens > 1 ? (entry.file, entry.opens - 1) : nil
+        }
+    }
+
+    func existingFile(_ inode: InodeNumber) -> OpenFile? { openFiles.withLock { $0[inode]?.file } }
 
     /// Hashes, places and uploads one sealed chunk; returns its extent.
     func upload(_ sealed: SealedChunk) async throws -> Extent {
@@ -159,7 +173,7 @@ public final class CairnFileSystem: FuseFileSystem {
         let converted = AttributeChanges(mode: changes.mode, uid: changes.uid, gid: changes.gid, size: changes.size,
                                          atime: changes.atime.timeChange, mtime: changes.mtime.timeChange)
         let credentials = Credentials(context)
-        if changes.size != nil, let file = openFiles.withLock({ $0[node] }) {
+        if changes.size != nil, let file = existingFile(node) {
             return try await file.truncate(to: changes.size!, changes: converted, handle: handle, as: credentials).fuse()
         }
         let reply = try await perform(.setattr(node, converted, handle: handle), as: credentials)
@@ -214,12 +228,17 @@ public final class CairnFileSystem: FuseFileSystem {
 
     public func open(node: UInt64, flags: Int32, context: FuseRequestContext) async throws -> FuseOpenedFile {
         let openFlags = OpenFlags(posix: flags)
-        let file = openFile(node)
-        if openFlags.contains(.truncate) { try await file.flush(handle: nil) }
-        let reply = try await perform(.open(node, flags: openFlags), as: Credentials(context))
-        guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
-        await registered(opened.handle, file: file, flags: openFlags)
-        return FuseOpenedFile(handle: opened.handle)
+        let file = acquireFile(node)
+        do {
+            if openFlags.contains(.truncate) { try await file.flush(handle: nil) }
+            let reply = try await perform(.open(node, flags: openFlags), as: Credentials(context))
+            guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
+            await registered(opened.handle, file: file, flags: openFlags)
+            return FuseOpenedFile(handle: opened.handle)
+        } catch {
+            releaseFile(node)
+            throw error
+        }
     }
 
     public func create(parent: UInt64, name: FuseName, mode: UInt32, flags: Int32, context: FuseRequestContext) async throws
@@ -227,7 +246,7 @@ public final class CairnFileSystem: FuseFileSystem {
         let openFlags = OpenFlags(posix: flags).union(.create)
         let reply = try await perform(.create(parent: parent, name: name.bytes, flags: openFlags, mode: mode & 0o7777), as: Credentials(context))
         guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
-        let file = openFile(opened.attributes.inode)
+        let file = acquireFile(opened.attributes.inode)
         await registered(opened.handle, file: file, flags: openFlags)
         return (FuseEntry(node: opened.attributes.inode, attributes: opened.attributes.fuse()), FuseOpenedFile(handle: opened.handle))
     }
@@ -239,7 +258,7 @@ public final class CairnFileSystem: FuseFileSystem {
 
     public func read(node: UInt64, handle: UInt64, offset: Int64, size: Int, context: FuseRequestContext) async throws -> [UInt8] {
         guard offset >= 0 else { throw Errno(rawValue: EINVAL) }
-        let file = openFile(node)
+        guard let file = existingFile(node) else { throw Errno(rawValue: EBADF) }
         let manifest = try await file.manifestForRead()
         let bytes = try await readCommitted(manifest, offset: UInt64(offset), length: size)
         let end = UInt64(offset) + UInt64(bytes.count)
@@ -250,33 +269,31 @@ public final class CairnFileSystem: FuseFileSystem {
     public func write(node: UInt64, handle: UInt64, offset: Int64, bytes: [UInt8], context: FuseRequestContext) async throws -> Int {
         guard offset >= 0 else { throw Errno(rawValue: EINVAL) }
         guard handles.withLock({ $0[handle]?.writable }) == true else { throw Errno(rawValue: EBADF) }
-        try await openFile(node).write(offset: UInt64(offset), bytes: bytes, handle: handle, as: Credentials(context))
+        guard let file = existingFile(node) else { throw Errno(rawValue: EBADF) }
+        try await file.write(offset: UInt64(offset), bytes: bytes, handle: handle, as: Credentials(context))
         return bytes.count
     }
 
     public func flush(node: UInt64, handle: UInt64, lockOwner: UInt64, context: FuseRequestContext) async throws {
-        guard let file = openFiles.withLock({ $0[node] }) else { return }
+        guard let file = existingFile(node) else { return }
         try await file.flush(handle: handle)
     }
 
     public func fsync(node: UInt64, handle: UInt64, dataOnly: Bool, context: FuseRequestContext) async throws {
-        guard let file = openFiles.withLock({ $0[node] }) else { return }
+        guard let file = existingFile(node) else { return }
         try await file.flush(handle: handle)
     }
 
     public func release(node: UInt64, handle: UInt64, flags: Int32, context: FuseRequestContext) async throws {
-        let file = openFiles.withLock { $0[node] }
+        let file = existingFile(node)
         var flushError: (any Error)?
         if let file {
             do { try await file.flush(handle: handle) } catch { flushError = error }
+            await file.released(handle: handle)
         }
         handles.withLock { _ = $0.removeValue(forKey: handle) }
         _ = try? await session.perform(.close(handle), as: Credentials(context))
-        if let file, await file.released(handle: handle), !(await file.isDirty) {
-            openFiles.withLock { files in
-                if files[node] === file { files[node] = nil }
-            }
-        }
+        releaseFile(node)
         if let flushError { throw flushError }
     }
 

@@ -19,6 +19,8 @@ public enum CairnMountRunner {
                            onMounted: @escaping @Sendable () -> Void = {}) async throws {
         try options.validate()
         try fuse.validate()
+        // The mountpoint first: a typo there should not wait on the network.
+        _ = try FuseMount.checkMountpoint(mountpoint)
         // Reachability first, with a short budget: an unreachable service is an error, not a hang.
         do {
             _ = try await MetaClient.with(servers: metaServers, attemptsMax: 30, callTimeout: .seconds(3)) { try await $0.cluster() }

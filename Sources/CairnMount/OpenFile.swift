@@ -40,8 +40,6 @@ actor OpenFile {
     /// Meta handles open for writing (a commit needs one).
     private var writableHandles: Set<HandleID> = []
     private var credentials = Credentials.root
-    /// Handles open on this inode in this mount.
-    var opens = 0
     /// Where the last read ended (sequential detection for readahead).
     private var lastReadEnd: UInt64 = .max
 
@@ -55,7 +53,6 @@ actor OpenFile {
     /// A new open: close-to-open consistency — a clean file forgets its cached manifest so the
     /// next read sees what other mounts committed before this open.
     func opened(handle: HandleID, writable: Bool, truncated: Bool) {
-        opens += 1
         if writable { writableHandles.insert(handle) }
         if !isDirty || truncated {
             if truncated { buffer = nil }
@@ -63,11 +60,9 @@ actor OpenFile {
         }
     }
 
-    /// A handle is released (after its last flush). Returns true when no handle is left.
-    func released(handle: HandleID) -> Bool {
-        opens -= 1
+    /// A handle is released (after its last flush): it can no longer commit.
+    func released(handle: HandleID) {
         writableHandles.remove(handle)
-        return opens <= 0
     }
 
     /// The size this mount sees: the buffered size while it holds unwritten data.

@@ -291,7 +291,7 @@ public final class FuseMount: Service, Sendable {
     }
 
     /// Resolves and checks a mountpoint: an existing directory that is not already a mount point.
-    static func checkMountpoint(_ path: FilePath) throws(CairnError) -> FilePath {
+    public static func checkMountpoint(_ path: FilePath) throws(CairnError) -> FilePath {
         var st = stat()
         if path.withPlatformString({ stat($0, &st) }) != 0 {
             let error = Errno(rawValue: errno)
