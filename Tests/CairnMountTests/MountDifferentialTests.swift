@@ -661,7 +661,8 @@ func runMountDifferential(seed: UInt64, count: Int, referenceRoot: String, mount
     var generator = MountOpGenerator(rng: SplitMix(seed: seed))
     var run = MountDifferentialRun(seeds: 1)
     var history: [String] = []
-    let replay = "CAIRN_MOUNT_DIFF_SEED=\(seed) CAIRN_MOUNT_DIFF_OPS=\(count) swift test --filter MountDifferential"
+    let replay = (generator.setIDModes ? "CAIRN_MOUNT_DIFF_SETID=1 " : "")
+        + "CAIRN_MOUNT_DIFF_SEED=\(seed) CAIRN_MOUNT_DIFF_OPS=\(count) swift test --filter MountDifferential"
     // A prologue (as root) gives the other users somewhere to work: an open directory, a sticky
     // one, a set-group-ID one of group 2000, and one only root may write in.
     let prologue: [MountOp] = [.chmod(".", 0o777), .mkdir("a", 0o777), .mkdir("b", 0o1777), .mkdir("c", 0o2775),
