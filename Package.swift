@@ -244,7 +244,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CairnMountTests",
-            dependencies: ["CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["CairnCore", "CairnTestSupport", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),

@@ -107,15 +107,17 @@ extension FuseFileSystem {
         throw Errno.notSupported
     }
 
-    /// `readdir`, then a `lookup` of every entry but `.` and `..`, stopping at `bytesMax`.
+    /// `readdir`, then a `lookup` of every entry but `.` and `..` (where the caller may search the
+    /// directory), stopping at `bytesMax`.
     public func readdirplus(node: UInt64, handle: UInt64, offset: Int64, bytesMax: Int, context: FuseRequestContext) async throws
         -> [FuseDirectoryEntryPlus] {
         var result: [FuseDirectoryEntryPlus] = []
         var bytes = 0
+        var searchable = true
         for entry in try await readdir(node: node, handle: handle, offset: offset, bytesMax: bytesMax, context: context) {
             bytes += FuseDirectoryEntry.recordBytes(nameBytes: entry.name.bytes.count, plus: true)
             if bytes > bytesMax { break }
-            if entry.name.isDotOrDotDot {
+            if entry.name.isDotOrDotDot || !searchable {
                 result.append(FuseDirectoryEntryPlus(entry: entry, lookup: nil))
                 continue
             }
@@ -125,6 +127,12 @@ extension FuseFileSystem {
             } catch Errno.noSuchFileOrDirectory {
                 // Removed since it was listed: skip it; a later listing will not show it.
                 continue
+            } catch Errno.permissionDenied {
+                // A directory the caller may read but not search (r without x): readdir(3)
+                // still lists its names; only looking them up is denied. The entry goes
+                // without attributes, as a plain readdir entry.
+                searchable = false
+                result.append(FuseDirectoryEntryPlus(entry: entry, lookup: nil))
             }
         }
         return result
