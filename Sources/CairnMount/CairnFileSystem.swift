@@ -172,13 +172,33 @@ public final class CairnFileSystem: FuseFileSystem {
     public func setattr(node: UInt64, changes: FuseAttributeChanges, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
         let converted = AttributeChanges(mode: changes.mode, uid: changes.uid, gid: changes.gid, size: changes.size,
                                          atime: changes.atime.timeChange, mtime: changes.mtime.timeChange)
-        let credentials = Credentials(context)
+        var credentials = Credentials(context)
+        if try await isKillingSetIDBits(node: node, changes: changes, credentials) {
+            // Before a write by someone other than the owner the kernel clears the set-user-ID and
+            // set-group-ID bits with a chmod sent as that writer (as Linux does on local file systems).
+            // The mount runs with default_permissions, so the kernel has already refused any chmod
+            // the caller may not make: a mode change from a non-owner that only clears set-ID bits
+            // is that kill, and is applied as the file system itself.
+            credentials = .root
+        }
         if changes.size != nil, let file = existingFile(node) {
             return try await file.truncate(to: changes.size!, changes: converted, handle: handle, as: credentials).fuse()
         }
         let reply = try await perform(.setattr(node, converted, handle: handle), as: credentials)
         guard case .attributesReleased(let updated, _) = reply else { throw unexpected(reply) }
         return await displayed(updated, node: node)
+    }
+
+    /// Whether a setattr is the kernel clearing set-ID bits for a writer who does not own the file.
+    private func isKillingSetIDBits(node: UInt64, changes: FuseAttributeChanges, _ credentials: Credentials) async throws -> Bool {
+        guard let mode = changes.mode, !credentials.isRoot, changes.uid == nil, changes.gid == nil, changes.size == nil,
+              changes.atime == .omit, changes.mtime == .omit else { return false }
+        let current = try attributes(try await perform(.getattr(node), as: credentials))
+        let setID: UInt32 = 0o6000
+        let requested = mode & 0o7777, existing = current.mode & 0o7777
+        let otherBitsKept = requested & ~setID == existing & ~setID
+        let setIDOnlyCleared = requested & setID & ~existing == 0 && requested & setID != existing & setID
+        return current.uid != credentials.uid && current.type == .regular && otherBitsKept && setIDOnlyCleared
     }
 
     public func readlink(node: UInt64, context: FuseRequestContext) async throws -> [UInt8] {

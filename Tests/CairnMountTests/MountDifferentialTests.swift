@@ -188,12 +188,10 @@ struct MountOpGenerator {
     /// An existing regular file 75% of the time (for data operations), else `source()`.
     mutating func file() -> String { !existingFiles.isEmpty && chance(75) ? pick(existingFiles) : source() }
 
-    /// Whether file modes may carry set-user-ID/set-group-ID bits. Off by default because of a
-    /// known, unfixed difference (not a deliberate semantic): when a non-owner writes to a
-    /// set-ID file, the kernel first sends a chmod (mode without the set-ID bits) as that
-    /// non-owner, which the metadata service refuses with EPERM, so the write fails where tmpfs
-    /// clears the bits and writes. `CAIRN_MOUNT_DIFF_SETID=1` turns them on to reproduce it.
-    var setIDModes = ProcessInfo.processInfo.environment["CAIRN_MOUNT_DIFF_SETID"] == "1"
+    /// Whether file modes may carry set-user-ID/set-group-ID bits (on; `CAIRN_MOUNT_DIFF_SETID=0`
+    /// turns them off). They exercise the kernel's kill of set-ID bits before a non-owner's
+    /// write, which reaches the mount as a chmod sent as that non-owner.
+    var setIDModes = ProcessInfo.processInfo.environment["CAIRN_MOUNT_DIFF_SETID"] != "0"
 
     /// Half the time an open mode, so that the other users keep places to work in.
     mutating func mode() -> UInt32 {
@@ -661,7 +659,7 @@ func runMountDifferential(seed: UInt64, count: Int, referenceRoot: String, mount
     var generator = MountOpGenerator(rng: SplitMix(seed: seed))
     var run = MountDifferentialRun(seeds: 1)
     var history: [String] = []
-    let replay = (generator.setIDModes ? "CAIRN_MOUNT_DIFF_SETID=1 " : "")
+    let replay = (generator.setIDModes ? "" : "CAIRN_MOUNT_DIFF_SETID=0 ")
         + "CAIRN_MOUNT_DIFF_SEED=\(seed) CAIRN_MOUNT_DIFF_OPS=\(count) swift test --filter MountDifferential"
     // A prologue (as root) gives the other users somewhere to work: an open directory, a sticky
     // one, a set-group-ID one of group 2000, and one only root may write in.
