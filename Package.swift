@@ -120,6 +120,7 @@ let package = Package(
             name: "FusePassthrough",
             dependencies: [
                 "FuseKernel", "CairnCore", "CCairnLinux",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
