@@ -248,6 +248,16 @@ let package = Package(
             dependencies: ["CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
+        .testTarget(
+            name: "FuseKernelTests",
+            dependencies: [
+                "FuseKernel", "FusePassthrough", "CairnCore", "CairnTestSupport", "CCairnLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "CairnCore"], swiftSettings: swiftSettings),
         .testTarget(
