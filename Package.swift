@@ -120,6 +120,7 @@ let package = Package(
             name: "FusePassthrough",
             dependencies: [
                 "FuseKernel", "CairnCore", "CCairnLinux",
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -245,6 +246,16 @@ let package = Package(
         .testTarget(
             name: "CairnMountTests",
             dependencies: ["CairnCore", "CairnTestSupport", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FuseKernelTests",
+            dependencies: [
+                "FuseKernel", "FusePassthrough", "CairnCore", "CairnTestSupport", "CCairnLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "CairnCoreTests", dependencies: ["CairnCore"], swiftSettings: swiftSettings),

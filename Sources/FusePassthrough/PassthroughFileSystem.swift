@@ -1,6 +1,7 @@
 import CCairnLinux
 import CairnCore
 import FuseKernel
+import NIOPosix
 import Synchronization
 import SystemPackage
 
@@ -17,8 +18,16 @@ import Glibc
 /// source's (device, inode) and freed when the kernel forgets them. It runs as root and relies on
 /// the mount's `default_permissions` for permission checks; new files are then given to the
 /// calling user (and group, unless the directory is set-group-ID).
+///
+/// Every system call runs on the file system's own I/O threads (`ioThreads` of them), never on
+/// Swift's cooperative pool: that pool has one thread per core, and a blocking `pread`, `fsync`
+/// or `openat` there would stall every other request and cap the baseline's concurrency at the
+/// core count. The queue in front of the threads is bounded by the kernel, which keeps at most
+/// `max_background` asynchronous requests plus one synchronous request per calling thread in flight.
 public final class PassthroughFileSystem: FuseFileSystem {
     public let source: FilePath
+    /// Where the blocking system calls run.
+    private let ioPool: NIOThreadPool
     private let nodes: Mutex<NodeTable>
     private let directories = Mutex<[UInt64: DirectoryStream]>([:])
     private let nextDirectoryHandle = Atomic<UInt64>(1)
@@ -41,10 +50,16 @@ public final class PassthroughFileSystem: FuseFileSystem {
         var nextID: UInt64 = 2
     }
 
-    /// Opens the source directory.
+    /// I/O threads when the caller names no number: enough to keep a disk busy with the kernel's
+    /// default 12 background requests plus a few synchronous ones.
+    public static let ioThreadsDefault = 16
+
+    /// Opens the source directory and starts `ioThreads` I/O threads (stopped when the file
+    /// system is freed).
     ///
     /// - Throws: `CairnError.notFound` / `.invalidArgument` when `source` is missing or not a directory.
-    public init(source: FilePath) throws(CairnError) {
+    public init(source: FilePath, ioThreads: Int = PassthroughFileSystem.ioThreadsDefault) throws(CairnError) {
+        guard (1...256).contains(ioThreads) else { throw CairnError(.invalidArgument, "I/O threads must be 1...256, not \(ioThreads)") }
         let fd = source.withPlatformString { Glibc.open($0, O_PATH | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else {
             let error = Errno(rawValue: errno)
@@ -62,9 +77,14 @@ public final class PassthroughFileSystem: FuseFileSystem {
         table.bySource[key] = 1
         nodes = Mutex(table)
         self.source = source
+        // Started last: nothing after this throws, so a failed init leaves no threads behind.
+        ioPool = NIOThreadPool(numberOfThreads: ioThreads)
+        ioPool.start()
     }
 
     deinit {
+        // Non-blocking: the last reference may be dropped on one of the pool's own threads.
+        ioPool.shutdownGracefully { _ in }
         nodes.withLock { table in
             for node in table.byID.values { close(node.fd) }
         }
@@ -79,7 +99,9 @@ public final class PassthroughFileSystem: FuseFileSystem {
     // MARK: Names
 
     public func lookup(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
-        try lookup(parentFD: fd(of: parent), name: name)
+        try await io { [self] in
+            try lookup(parentFD: fd(of: parent), name: name)
+        }
     }
 
     /// Opens `name` under `parentFD` as `O_PATH` and returns its node, adding one lookup.
@@ -135,6 +157,11 @@ public final class PassthroughFileSystem: FuseFileSystem {
     // MARK: Attributes
 
     public func getattr(node: UInt64, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
+        try await io { [self] in try attributes(node: node, handle: handle) }
+    }
+
+    /// `fstat` of the open file, else `fstatat` of the node's `O_PATH` descriptor.
+    private func attributes(node: UInt64, handle: UInt64?) throws -> FuseAttributes {
         var st = stat()
         if let handle {
             _ = try call { fstat(Int32(handle), &st) }
@@ -147,36 +174,38 @@ public final class PassthroughFileSystem: FuseFileSystem {
 
     public func setattr(node: UInt64, changes: FuseAttributeChanges, handle: UInt64?, context: FuseRequestContext) async throws
         -> FuseAttributes {
-        let fd = try fd(of: node)
-        let path = procPath(fd)
-        if let mode = changes.mode {
-            if let handle {
-                _ = try call { fchmod(Int32(handle), mode) }
-            } else {
-                _ = try call { chmod(path, mode) }
+        try await io { [self] in
+            let fd = try fd(of: node)
+            let path = procPath(fd)
+            if let mode = changes.mode {
+                if let handle {
+                    _ = try call { fchmod(Int32(handle), mode) }
+                } else {
+                    _ = try call { chmod(path, mode) }
+                }
             }
-        }
-        if changes.uid != nil || changes.gid != nil {
-            let uid = changes.uid ?? UInt32.max  // (uid_t)-1: unchanged
-            let gid = changes.gid ?? UInt32.max
-            _ = try call { fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }
-        }
-        if let size = changes.size {
-            if let handle {
-                _ = try call { ftruncate(Int32(handle), off_t(size)) }
-            } else {
-                _ = try call { truncate(path, off_t(size)) }
+            if changes.uid != nil || changes.gid != nil {
+                let uid = changes.uid ?? UInt32.max  // (uid_t)-1: unchanged
+                let gid = changes.gid ?? UInt32.max
+                _ = try call { fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) }
             }
-        }
-        if changes.atime != .omit || changes.mtime != .omit {
-            var times = [timespec(changes.atime), timespec(changes.mtime)]
-            if let handle {
-                _ = try call { futimens(Int32(handle), &times) }
-            } else {
-                _ = try call { utimensat(AT_FDCWD, path, &times, 0) }
+            if let size = changes.size {
+                if let handle {
+                    _ = try call { ftruncate(Int32(handle), off_t(size)) }
+                } else {
+                    _ = try call { truncate(path, off_t(size)) }
+                }
             }
+            if changes.atime != .omit || changes.mtime != .omit {
+                var times = [timespec(changes.atime), timespec(changes.mtime)]
+                if let handle {
+                    _ = try call { futimens(Int32(handle), &times) }
+                } else {
+                    _ = try call { utimensat(AT_FDCWD, path, &times, 0) }
+                }
+            }
+            return try attributes(node: node, handle: handle)
         }
-        return try await getattr(node: node, handle: handle, context: context)
     }
 
     private func timespec(_ change: FuseTimeChange) -> Glibc.timespec {
@@ -188,61 +217,77 @@ public final class PassthroughFileSystem: FuseFileSystem {
     }
 
     public func readlink(node: UInt64, context: FuseRequestContext) async throws -> [UInt8] {
-        let fd = try fd(of: node)
-        let capacity = Int(PATH_MAX) + 1
-        var buffer = [UInt8](repeating: 0, count: capacity)
-        let count = try callSized { buffer.withUnsafeMutableBytes { readlinkat(fd, "", $0.baseAddress!.assumingMemoryBound(to: CChar.self), capacity) } }
-        guard count < capacity else { throw Errno.fileNameTooLong }
-        return Array(buffer[..<count])
+        try await io { [self] in
+            let fd = try fd(of: node)
+            let capacity = Int(PATH_MAX) + 1
+            var buffer = [UInt8](repeating: 0, count: capacity)
+            let count = try callSized { buffer.withUnsafeMutableBytes { readlinkat(fd, "", $0.baseAddress!.assumingMemoryBound(to: CChar.self), capacity) } }
+            guard count < capacity else { throw Errno.fileNameTooLong }
+            return Array(buffer[..<count])
+        }
     }
 
     // MARK: Creating and removing names
 
     public func mknod(parent: UInt64, name: FuseName, mode: UInt32, rdev: UInt64, context: FuseRequestContext) async throws -> FuseEntry {
-        let parentFD = try fd(of: parent)
-        _ = try call { name.withCString { mknodat(parentFD, $0, mode, dev_t(rdev)) } }
-        try giveToCaller(parentFD: parentFD, name: name, context: context)
-        return try lookup(parentFD: parentFD, name: name)
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            _ = try call { name.withCString { mknodat(parentFD, $0, mode, dev_t(rdev)) } }
+            try giveToCaller(parentFD: parentFD, name: name, context: context)
+            return try lookup(parentFD: parentFD, name: name)
+        }
     }
 
     public func mkdir(parent: UInt64, name: FuseName, mode: UInt32, context: FuseRequestContext) async throws -> FuseEntry {
-        let parentFD = try fd(of: parent)
-        _ = try call { name.withCString { mkdirat(parentFD, $0, mode) } }
-        try giveToCaller(parentFD: parentFD, name: name, context: context)
-        return try lookup(parentFD: parentFD, name: name)
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            _ = try call { name.withCString { mkdirat(parentFD, $0, mode) } }
+            try giveToCaller(parentFD: parentFD, name: name, context: context)
+            return try lookup(parentFD: parentFD, name: name)
+        }
     }
 
     public func symlink(target: [UInt8], parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
-        let parentFD = try fd(of: parent)
-        let target = FuseName(bytes: target)
-        _ = try call { target.withCString { t in name.withCString { symlinkat(t, parentFD, $0) } } }
-        try giveToCaller(parentFD: parentFD, name: name, context: context)
-        return try lookup(parentFD: parentFD, name: name)
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            let targetName = FuseName(bytes: target)
+            _ = try call { targetName.withCString { t in name.withCString { symlinkat(t, parentFD, $0) } } }
+            try giveToCaller(parentFD: parentFD, name: name, context: context)
+            return try lookup(parentFD: parentFD, name: name)
+        }
     }
 
     public func link(node: UInt64, newParent: UInt64, newName: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
-        let fd = try fd(of: node)
-        let parentFD = try self.fd(of: newParent)
-        // Following /proc/self/fd/N links the inode itself, symbolic links included.
-        _ = try call { newName.withCString { linkat(AT_FDCWD, procPath(fd), parentFD, $0, AT_SYMLINK_FOLLOW) } }
-        return try lookup(parentFD: parentFD, name: newName)
+        try await io { [self] in
+            let fd = try fd(of: node)
+            let parentFD = try self.fd(of: newParent)
+            // Following /proc/self/fd/N links the inode itself, symbolic links included.
+            _ = try call { newName.withCString { linkat(AT_FDCWD, procPath(fd), parentFD, $0, AT_SYMLINK_FOLLOW) } }
+            return try lookup(parentFD: parentFD, name: newName)
+        }
     }
 
     public func unlink(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws {
-        let parentFD = try fd(of: parent)
-        _ = try call { name.withCString { unlinkat(parentFD, $0, 0) } }
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            _ = try call { name.withCString { unlinkat(parentFD, $0, 0) } }
+        }
     }
 
     public func rmdir(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws {
-        let parentFD = try fd(of: parent)
-        _ = try call { name.withCString { unlinkat(parentFD, $0, AT_REMOVEDIR) } }
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            _ = try call { name.withCString { unlinkat(parentFD, $0, AT_REMOVEDIR) } }
+        }
     }
 
     public func rename(parent: UInt64, name: FuseName, newParent: UInt64, newName: FuseName, flags: FuseRenameFlags,
                        context: FuseRequestContext) async throws {
-        let parentFD = try fd(of: parent)
-        let newParentFD = try fd(of: newParent)
-        _ = try call { name.withCString { old in newName.withCString { cairn_renameat2(parentFD, old, newParentFD, $0, flags.rawValue) } } }
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            let newParentFD = try fd(of: newParent)
+            _ = try call { name.withCString { old in newName.withCString { cairn_renameat2(parentFD, old, newParentFD, $0, flags.rawValue) } } }
+        }
     }
 
     /// Created as root, a new name is handed to the caller, as the kernel would have created it.
@@ -258,110 +303,130 @@ public final class PassthroughFileSystem: FuseFileSystem {
     // MARK: Files
 
     public func open(node: UInt64, flags: Int32, context: FuseRequestContext) async throws -> FuseOpenedFile {
-        let fd = try fd(of: node)
-        let opened = try call { Glibc.open(procPath(fd), (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC) }
-        return FuseOpenedFile(handle: UInt64(opened))
+        try await io { [self] in
+            let fd = try fd(of: node)
+            let opened = try call { Glibc.open(procPath(fd), (flags & ~(O_NOFOLLOW | O_CREAT | O_EXCL | O_NOCTTY)) | O_CLOEXEC) }
+            return FuseOpenedFile(handle: UInt64(opened))
+        }
     }
 
     public func create(parent: UInt64, name: FuseName, mode: UInt32, flags: Int32, context: FuseRequestContext) async throws
         -> (entry: FuseEntry, file: FuseOpenedFile) {
-        let parentFD = try fd(of: parent)
-        let opened = try call { name.withCString { openat(parentFD, $0, (flags | O_CREAT | O_CLOEXEC) & ~(O_NOFOLLOW | O_NOCTTY), mode) } }
-        do {
-            try giveToCaller(parentFD: parentFD, name: name, context: context)
-            return (try lookup(parentFD: parentFD, name: name), FuseOpenedFile(handle: UInt64(opened)))
-        } catch {
-            close(opened)
-            throw error
+        try await io { [self] in
+            let parentFD = try fd(of: parent)
+            let opened = try call { name.withCString { openat(parentFD, $0, (flags | O_CREAT | O_CLOEXEC) & ~(O_NOFOLLOW | O_NOCTTY), mode) } }
+            do {
+                try giveToCaller(parentFD: parentFD, name: name, context: context)
+                return (try lookup(parentFD: parentFD, name: name), FuseOpenedFile(handle: UInt64(opened)))
+            } catch {
+                close(opened)
+                throw error
+            }
         }
     }
 
     public func read(node: UInt64, handle: UInt64, offset: Int64, size: Int, context: FuseRequestContext) async throws -> [UInt8] {
-        let fd = Int32(handle)
-        var bytes = [UInt8](repeating: 0, count: size)
-        var done = 0
-        while done < size {
-            let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, size - done, off_t(offset) + off_t(done)) }
-            if n == -1 {
-                if errno == EINTR { continue }
-                throw Errno(rawValue: errno)
+        try await io {
+            let fd = Int32(handle)
+            var bytes = [UInt8](repeating: 0, count: size)
+            var done = 0
+            while done < size {
+                let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, size - done, off_t(offset) + off_t(done)) }
+                if n == -1 {
+                    if errno == EINTR { continue }
+                    throw Errno(rawValue: errno)
+                }
+                if n == 0 { break }
+                done += n
             }
-            if n == 0 { break }
-            done += n
+            if done < size { bytes.removeSubrange(done...) }
+            return bytes
         }
-        if done < size { bytes.removeSubrange(done...) }
-        return bytes
     }
 
     public func write(node: UInt64, handle: UInt64, offset: Int64, bytes: [UInt8], context: FuseRequestContext) async throws -> Int {
-        let fd = Int32(handle)
-        return try bytes.withUnsafeBytes { buffer in
-            var done = 0
-            while done < buffer.count {
-                done += try callSized { pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
+        try await io {
+            let fd = Int32(handle)
+            return try bytes.withUnsafeBytes { buffer in
+                var done = 0
+                while done < buffer.count {
+                    done += try callSized { pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
+                }
+                return done
             }
-            return done
         }
     }
 
     public func flush(node: UInt64, handle: UInt64, lockOwner: UInt64, context: FuseRequestContext) async throws {
-        // Closing a duplicate gives the source file system its close(2) (NFS commits there)
-        // while the handle stays open for later requests.
-        let duplicate = try call { dup(Int32(handle)) }
-        _ = try call { close(duplicate) }
+        try await io {
+            // Closing a duplicate gives the source file system its close(2) (NFS commits there)
+            // while the handle stays open for later requests.
+            let duplicate = try call { dup(Int32(handle)) }
+            _ = try call { close(duplicate) }
+        }
     }
 
     public func release(node: UInt64, handle: UInt64, flags: Int32, context: FuseRequestContext) async throws {
-        close(Int32(handle))
+        try await io { _ = close(Int32(handle)) }
     }
 
     public func fsync(node: UInt64, handle: UInt64, dataOnly: Bool, context: FuseRequestContext) async throws {
-        _ = try call { dataOnly ? fdatasync(Int32(handle)) : Glibc.fsync(Int32(handle)) }
+        try await io {
+            _ = try call { dataOnly ? fdatasync(Int32(handle)) : Glibc.fsync(Int32(handle)) }
+        }
     }
 
     // MARK: Directories
 
     public func opendir(node: UInt64, flags: Int32, context: FuseRequestContext) async throws -> FuseOpenedFile {
-        let fd = try fd(of: node)
-        let opened = try call { openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        guard let dir = fdopendir(opened) else {
-            let error = Errno(rawValue: errno)
-            close(opened)
-            throw error
+        try await io { [self] in
+            let fd = try fd(of: node)
+            let opened = try call { openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            guard let dir = fdopendir(opened) else {
+                let error = Errno(rawValue: errno)
+                close(opened)
+                throw error
+            }
+            let handle = nextDirectoryHandle.add(1, ordering: .relaxed).oldValue
+            directories.withLock { $0[handle] = DirectoryStream(dir) }
+            return FuseOpenedFile(handle: handle)
         }
-        let handle = nextDirectoryHandle.add(1, ordering: .relaxed).oldValue
-        directories.withLock { $0[handle] = DirectoryStream(dir) }
-        return FuseOpenedFile(handle: handle)
     }
 
     public func releasedir(node: UInt64, handle: UInt64, context: FuseRequestContext) async throws {
-        directories.withLock { $0.removeValue(forKey: handle) }?.close()
+        try await io { [self] in
+            directories.withLock { $0.removeValue(forKey: handle) }?.close()
+        }
     }
 
     public func readdir(node: UInt64, handle: UInt64, offset: Int64, bytesMax: Int, context: FuseRequestContext) async throws
         -> [FuseDirectoryEntry] {
-        try stream(handle).entries(from: offset, bytesMax: bytesMax, plus: false)
+        try await io { [self] in
+            try stream(handle).entries(from: offset, bytesMax: bytesMax, plus: false)
+        }
     }
 
     public func readdirplus(node: UInt64, handle: UInt64, offset: Int64, bytesMax: Int, context: FuseRequestContext) async throws
         -> [FuseDirectoryEntryPlus] {
-        let entries = try stream(handle).entries(from: offset, bytesMax: bytesMax, plus: true)
-        let parentFD = try fd(of: node)
-        var result: [FuseDirectoryEntryPlus] = []
-        result.reserveCapacity(entries.count)
-        for entry in entries {
-            if entry.name.isDotOrDotDot {
-                result.append(FuseDirectoryEntryPlus(entry: entry, lookup: nil))
-                continue
+        try await io { [self] in
+            let entries = try stream(handle).entries(from: offset, bytesMax: bytesMax, plus: true)
+            let parentFD = try fd(of: node)
+            var result: [FuseDirectoryEntryPlus] = []
+            result.reserveCapacity(entries.count)
+            for entry in entries {
+                if entry.name.isDotOrDotDot {
+                    result.append(FuseDirectoryEntryPlus(entry: entry, lookup: nil))
+                    continue
+                }
+                do {
+                    result.append(FuseDirectoryEntryPlus(entry: entry, lookup: try lookup(parentFD: parentFD, name: entry.name)))
+                } catch Errno.noSuchFileOrDirectory {
+                    // Removed since it was listed: listed without attributes, as readdir would show it.
+                    result.append(FuseDirectoryEntryPlus(entry: entry, lookup: nil))
+                }
             }
-            do {
-                result.append(FuseDirectoryEntryPlus(entry: entry, lookup: try lookup(parentFD: parentFD, name: entry.name)))
-            } catch Errno.noSuchFileOrDirectory {
-                // Removed since it was listed: listed without attributes, as readdir would show it.
-                result.append(FuseDirectoryEntryPlus(entry: entry, lookup: nil))
-            }
+            return result
         }
-        return result
     }
 
     private func stream(_ handle: UInt64) throws(Errno) -> DirectoryStream {
@@ -372,37 +437,47 @@ public final class PassthroughFileSystem: FuseFileSystem {
     // MARK: The file system
 
     public func statfs(node: UInt64, context: FuseRequestContext) async throws -> FuseVolumeStatus {
-        let fd = try fd(of: node)
-        var s = statvfs()
-        _ = try call { fstatvfs(fd, &s) }
-        return FuseVolumeStatus(blockSize: UInt64(s.f_bsize), fragmentSize: UInt64(s.f_frsize), blocks: UInt64(s.f_blocks),
-                                blocksFree: UInt64(s.f_bfree), blocksAvailable: UInt64(s.f_bavail), files: UInt64(s.f_files),
-                                filesFree: UInt64(s.f_ffree), filesAvailable: UInt64(s.f_favail), nameBytesMax: UInt64(s.f_namemax))
+        try await io { [self] in
+            let fd = try fd(of: node)
+            var s = statvfs()
+            _ = try call { fstatvfs(fd, &s) }
+            return FuseVolumeStatus(blockSize: UInt64(s.f_bsize), fragmentSize: UInt64(s.f_frsize), blocks: UInt64(s.f_blocks),
+                                    blocksFree: UInt64(s.f_bfree), blocksAvailable: UInt64(s.f_bavail), files: UInt64(s.f_files),
+                                    filesFree: UInt64(s.f_ffree), filesAvailable: UInt64(s.f_favail), nameBytesMax: UInt64(s.f_namemax))
+        }
     }
 
     // MARK: Extended attributes
 
     public func setxattr(node: UInt64, name: FuseName, value: [UInt8], flags: Int32, context: FuseRequestContext) async throws {
-        let path = try procPath(fd(of: node))
-        _ = try call { name.withCString { n in value.withUnsafeBytes { cairn_setxattr(path, n, $0.baseAddress, $0.count, flags) } } }
+        try await io { [self] in
+            let path = try procPath(fd(of: node))
+            _ = try call { name.withCString { n in value.withUnsafeBytes { cairn_setxattr(path, n, $0.baseAddress, $0.count, flags) } } }
+        }
     }
 
     public func getxattr(node: UInt64, name: FuseName, context: FuseRequestContext) async throws -> [UInt8] {
-        let path = try procPath(fd(of: node))
-        return try sizedRead { buffer in name.withCString { cairn_getxattr(path, $0, buffer.baseAddress, buffer.count) } }
+        try await io { [self] in
+            let path = try procPath(fd(of: node))
+            return try sizedRead { buffer in name.withCString { cairn_getxattr(path, $0, buffer.baseAddress, buffer.count) } }
+        }
     }
 
     public func listxattr(node: UInt64, context: FuseRequestContext) async throws -> [FuseName] {
-        let path = try procPath(fd(of: node))
-        let list = try sizedRead { buffer in
-            cairn_listxattr(path, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
+        try await io { [self] in
+            let path = try procPath(fd(of: node))
+            let list = try sizedRead { buffer in
+                cairn_listxattr(path, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
+            }
+            return list.split(separator: 0).map { FuseName(bytes: Array($0)) }
         }
-        return list.split(separator: 0).map { FuseName(bytes: Array($0)) }
     }
 
     public func removexattr(node: UInt64, name: FuseName, context: FuseRequestContext) async throws {
-        let path = try procPath(fd(of: node))
-        _ = try call { name.withCString { cairn_removexattr(path, $0) } }
+        try await io { [self] in
+            let path = try procPath(fd(of: node))
+            _ = try call { name.withCString { cairn_removexattr(path, $0) } }
+        }
     }
 
     /// A size probe then a read, again if the value grew in between (`ERANGE`), at most 8 times.
@@ -422,6 +497,14 @@ public final class PassthroughFileSystem: FuseFileSystem {
     }
 
     // MARK: System calls
+
+    /// Runs `body` (blocking system calls) on an I/O thread and returns its result.
+    ///
+    /// - Throws: what `body` throws; `NIOThreadPoolError.ThreadPoolInactive` (→ `EIO`) once the
+    ///   pool is shut down.
+    private func io<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) async throws -> Result {
+        try await ioPool.runIfActive(body)
+    }
 
     private func procPath(_ fd: Int32) -> String { "/proc/self/fd/\(fd)" }
 }

@@ -36,6 +36,9 @@ struct PassthroughCommand: AsyncParsableCommand {
     @Option(help: "libfuse worker threads at most.")
     var threadsMax = 16
 
+    @Option(help: "Threads that run the system calls on SOURCE.")
+    var ioThreads = PassthroughFileSystem.ioThreadsDefault
+
     @Option(help: "Seconds the kernel caches entries and attributes.")
     var cacheTimeout = 1.0
 
@@ -61,7 +64,7 @@ struct PassthroughCommand: AsyncParsableCommand {
         options.resolvesSupplementaryGroups = false
         let mount: FuseMount
         do {
-            let fileSystem = try PassthroughFileSystem(source: FilePath(source))
+            let fileSystem = try PassthroughFileSystem(source: FilePath(source), ioThreads: ioThreads)
             mount = try FuseMount(mountpoint: FilePath(mountpoint), options: options, fileSystem: fileSystem, logger: logger)
         } catch {
             printError("cairn passthrough: \(error)")
