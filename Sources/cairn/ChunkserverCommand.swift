@@ -49,16 +49,14 @@ struct ChunkserverCommand: AsyncParsableCommand {
 
     @OptionGroup var logging: LoggingOptions
 
-    var metaServers: [HostPort] { (meta ?? "").split(separator: ",").compactMap { HostPort(String($0)) } }
+    var metaServers: [HostPort] { meta.flatMap { try? parseServerList($0, option: "--meta") } ?? [] }
 
     func validate() throws {
         guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT, got '\(listen)'") }
         guard ByteCount.parse(reserve) != nil else { throw ValidationError("--reserve: cannot parse '\(reserve)'") }
         guard ByteCount.parse(scrubRate) != nil else { throw ValidationError("--scrub-rate: cannot parse '\(scrubRate)'") }
         guard let max = ByteCount.parse(chunkBytesMax), max > 0 else { throw ValidationError("--chunk-bytes-max: cannot parse '\(chunkBytesMax)'") }
-        if let meta, metaServers.isEmpty || metaServers.count != meta.split(separator: ",").count {
-            throw ValidationError("--meta must be HOST:PORT,…, got '\(meta)'")
-        }
+        if let meta { _ = try parseServerList(meta, option: "--meta") }
         if let advertise, HostPort(advertise) == nil { throw ValidationError("--advertise must be HOST:PORT, got '\(advertise)'") }
         guard failureDomain.utf8.count <= 64 else { throw ValidationError("--failure-domain is longer than 64 bytes") }
         guard scrubInterval >= 0 else { throw ValidationError("--scrub-interval must not be negative") }

@@ -76,12 +76,8 @@ struct KVCommand: AsyncParsableCommand {
 
     struct ServersOption: ParsableArguments {
         @Option(help: "Replicas, HOST:PORT,HOST:PORT,…") var servers: String
-        var list: [HostPort] { servers.split(separator: ",").compactMap { HostPort(String($0)) } }
-        func validate() throws {
-            guard !list.isEmpty, list.count == servers.split(separator: ",").count else {
-                throw ValidationError("--servers must be HOST:PORT,…")
-            }
-        }
+        var list: [HostPort] { (try? parseServerList(servers, option: "--servers")) ?? [] }
+        func validate() throws { _ = try parseServerList(servers, option: "--servers") }
     }
 
     struct Put: AsyncParsableCommand {
@@ -152,19 +148,4 @@ extension KVCommand {
             print("voters \(result.voters) learners \(result.learners)")
         }
     }
-}
-
-/// Parses `1=HOST:PORT,2=HOST:PORT`.
-func parsePeers(_ text: String) throws -> [NodeID: HostPort] {
-    var peers: [NodeID: HostPort] = [:]
-    for item in text.split(separator: ",") {
-        let parts = item.split(separator: "=", maxSplits: 1)
-        guard parts.count == 2, let id = UInt64(parts[0]), id > 0, let address = HostPort(String(parts[1])) else {
-            throw ValidationError("bad peer '\(item)': expected ID=HOST:PORT")
-        }
-        guard peers[id] == nil else { throw ValidationError("peer \(id) named twice") }
-        peers[id] = address
-    }
-    guard !peers.isEmpty else { throw ValidationError("--peers is empty") }
-    return peers
 }

@@ -122,14 +122,3 @@ struct MetaReplicaCommand: AsyncParsableCommand {
         }
     }
 }
-
-/// `--meta HOST:PORT,…`: the metadata replicas to talk to.
-struct MetaServersOption: ParsableArguments {
-    @Option(help: "Metadata replicas, HOST:PORT,HOST:PORT,…") var meta: String
-    var list: [HostPort] { meta.split(separator: ",").compactMap { HostPort(String($0)) } }
-    func validate() throws {
-        guard !list.isEmpty, list.count == meta.split(separator: ",").count else {
-            throw ValidationError("--meta must be HOST:PORT,… (got '\(meta)')")
-        }
-    }
-}
