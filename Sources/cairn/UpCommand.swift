@@ -93,33 +93,10 @@ struct UpCommand: AsyncParsableCommand {
         if let data = FileManager.default.contents(atPath: path) {
             return try JSONDecoder().decode(Layout.self, from: data)
         }
-        let ports = try freePorts(Self.replicas + Self.chunkservers)
+        let ports = try freeLoopbackPorts(Self.replicas + Self.chunkservers)
         let layout = Layout(meta: Array(ports.prefix(Self.replicas)), chunkservers: Array(ports.dropFirst(Self.replicas)))
         try FileSystemCalls.writeFileAtomically(FilePath(path), bytes: Array(try JSONEncoder().encode(layout)))
         return layout
-    }
-
-    /// Distinct free loopback ports (bound to port 0 and released).
-    func freePorts(_ count: Int) throws -> [Int] {
-        var ports: [Int] = []
-        var sockets: [Int32] = []
-        defer { for fd in sockets { close(fd) } }
-        for _ in 0..<count {
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            guard fd >= 0 else { throw CairnError(.io, "socket() failed") }
-            sockets.append(fd)
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            address.sin_port = 0
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafeMutablePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-            }
-            guard bound else { throw CairnError(.io, "cannot bind a loopback port") }
-            ports.append(Int(UInt16(bigEndian: address.sin_port)))
-        }
-        return ports
     }
 
     /// Waits until a leader answers and every chunkserver is live (bounded); fails early if a
