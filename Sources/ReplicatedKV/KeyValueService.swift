@@ -68,19 +68,10 @@ extension KeyValueService {
         case .remove: kind = .removeNode
         case .UNRECOGNIZED(let value): throw RPCError(code: .invalidArgument, message: "unknown membership change \(value)")
         }
-        let address = request.address.isEmpty ? nil : HostPort(request.address)
-        if kind != .removeNode && address == nil {
-            throw RPCError(code: .invalidArgument, message: "adding a member needs its HOST:PORT")
-        }
-        do {
-            try await node.changeMembership(kind, node: request.node, address: address)
-            let status = try await node.status()
-            var response = Cairn_Kv_V1_MembershipResponse()
-            response.voters = status.voters
-            response.learners = status.learners
-            return response
-        } catch {
-            throw error.rpcError
-        }
+        let members = try await node.changeMembership(kind, node: request.node, address: request.address)
+        var response = Cairn_Kv_V1_MembershipResponse()
+        response.voters = members.voters
+        response.learners = members.learners
+        return response
     }
 }
