@@ -40,7 +40,7 @@ public final class ChunkClient: Sendable {
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws(CairnError) -> ChunkClient {
         do {
             let channel = try await ClientBootstrap(group: group)
-                .connectTimeout(.nanoseconds(Int64(connectTimeout.components.seconds) * 1_000_000_000 + connectTimeout.components.attoseconds / 1_000_000_000))
+                .connectTimeout(.nanoseconds(connectTimeout.wholeNanoseconds))
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelOption(.recvAllocator, value: FrameDecoder.receiveBufferAllocator)
                 .channelInitializer { channel in

@@ -122,7 +122,7 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
                         server.capacityBytes = report.capacityBytes
                         server.usedBytes = report.usedBytes
                         server.chunks = report.chunks
-                        server.millisecondsSinceHeartbeat = (now - report.lastSeen).wholeMilliseconds
+                        server.millisecondsSinceHeartbeat = UInt64((now - report.lastSeen).wholeNanoseconds / 1_000_000)
                         server.badReplicasReported = report.badReplicasReported
                     }
                     response.chunkservers.append(server)
@@ -224,15 +224,6 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
             throw RaftNodeError(.notLeader, "replica \(status.id) is not the leader", leader: status.leader,
                                 leaderAddress: status.leaderAddress).rpcError
         }
-    }
-}
-
-extension Duration {
-    /// The duration in whole milliseconds, 0 if negative.
-    var wholeMilliseconds: UInt64 {
-        let (seconds, attoseconds) = components
-        guard seconds >= 0 else { return 0 }
-        return UInt64(seconds) * 1000 + UInt64(attoseconds / 1_000_000_000_000_000)
     }
 }
 

@@ -28,9 +28,7 @@ public final class MetaSession: Sendable {
     /// Registers a new session.
     /// - Throws: `CairnError` if the service is unreachable or refuses (too many sessions).
     public static func open(_ client: MetaClient, ttl: Duration = .seconds(60)) async throws(CairnError) -> MetaSession {
-        let (seconds, attoseconds) = ttl.components
-        let nanoseconds = UInt64(max(seconds, 0)) * 1_000_000_000 + UInt64(max(attoseconds, 0) / 1_000_000_000)
-        switch try await client.execute(MetaCommand(now: .zero, operation: .openSession(ttlNanoseconds: nanoseconds))) {
+        switch try await client.execute(MetaCommand(now: .zero, operation: .openSession(ttlNanoseconds: UInt64(ttl.wholeNanoseconds)))) {
         case .session(let id): return MetaSession(client: client, id: id, ttl: ttl)
         case .failure(let error): throw CairnError(.unavailable, "the metadata service refused a session: \(error)")
         default: throw CairnError(.protocolViolation, "unexpected reply to openSession")
