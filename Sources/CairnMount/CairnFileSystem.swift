@@ -64,17 +64,14 @@ public final class CairnFileSystem: FuseFileSystem {
         return attributes
     }
 
+    /// The entry of an inode this call created (nothing of it is buffered here yet).
     func entry(_ attributes: Attributes) -> FuseEntry {
-        FuseEntry(node: attributes.inode, attributes: displayed(attributes))
+        FuseEntry(node: attributes.inode, attributes: attributes.fuse())
     }
 
-    /// Attributes with this mount's buffered size when it holds unwritten data.
-    func displayed(_ attributes: Attributes) -> FuseAttributes {
-        attributes.fuse()
-    }
-
-    func displayed(_ attributes: Attributes, node: InodeNumber) async -> FuseAttributes {
-        guard let file = existingFile(node), let size = await file.bufferedSize else { return attributes.fuse() }
+    /// Attributes with this mount's buffered size when it holds unwritten data of the inode.
+    func displayed(_ attributes: Attributes) async -> FuseAttributes {
+        guard let file = existingFile(attributes.inode), let size = await file.bufferedSize else { return attributes.fuse() }
         return attributes.fuse(size: size)
     }
 
@@ -161,12 +158,12 @@ public final class CairnFileSystem: FuseFileSystem {
 
     public func lookup(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
         let found = try attributes(try await perform(.lookup(parent: parent, name: name.bytes), as: Credentials(context)))
-        return FuseEntry(node: found.inode, attributes: await displayed(found, node: found.inode))
+        return FuseEntry(node: found.inode, attributes: await displayed(found))
     }
 
     public func getattr(node: UInt64, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
         let found = try attributes(try await perform(.getattr(node), as: Credentials(context)))
-        return await displayed(found, node: node)
+        return await displayed(found)
     }
 
     public func setattr(node: UInt64, changes: FuseAttributeChanges, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
@@ -182,11 +179,11 @@ public final class CairnFileSystem: FuseFileSystem {
             credentials = .root
         }
         if changes.size != nil, let file = existingFile(node) {
-            return try await file.truncate(to: changes.size!, changes: converted, handle: handle, as: credentials).fuse()
+            return try await file.truncate(converted, handle: handle, as: credentials).fuse()
         }
         let reply = try await perform(.setattr(node, converted, handle: handle), as: credentials)
         guard case .attributesReleased(let updated, _) = reply else { throw unexpected(reply) }
-        return await displayed(updated, node: node)
+        return await displayed(updated)
     }
 
     /// Whether a setattr is the kernel clearing set-ID bits for a writer who does not own the file.
@@ -241,7 +238,7 @@ public final class CairnFileSystem: FuseFileSystem {
 
     public func link(node: UInt64, newParent: UInt64, newName: FuseName, context: FuseRequestContext) async throws -> FuseEntry {
         let linked = try attributes(try await perform(.link(node, newParent: newParent, newName: newName.bytes), as: Credentials(context)))
-        return FuseEntry(node: linked.inode, attributes: await displayed(linked, node: linked.inode))
+        return FuseEntry(node: linked.inode, attributes: await displayed(linked))
     }
 
     // MARK: Files

@@ -95,8 +95,9 @@ actor OpenFile {
         try await withGate { try await flushLocked(handle: handle) }
     }
 
-    /// Truncates (or extends) to `size` through `handle` (ftruncate) or by path (truncate).
-    func truncate(to size: UInt64, changes: AttributeChanges, handle: HandleID?, as credentials: Credentials) async throws -> Attributes {
+    /// Applies a setattr that changes the size (truncate, or ftruncate through `handle`) after
+    /// committing what is buffered, so no buffered byte past the new size is committed later.
+    func truncate(_ changes: AttributeChanges, handle: HandleID?, as credentials: Credentials) async throws -> Attributes {
         try await withGate {
             try await flushLocked(handle: handle)
             let reply = try await fileSystem.perform(.setattr(inode, changes, handle: handle), as: credentials)

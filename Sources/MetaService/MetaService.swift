@@ -184,7 +184,7 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
             lastSeen: .now, capacityBytes: request.capacityBytes, usedBytes: request.usedBytes, chunks: request.chunks,
             quarantined: request.quarantined))
         response.id = id.rawValue
-        if case .ring(let ring) = try await read(.ring) { response.ringEpoch = ring.current.epoch }
+        if case .ring(let ring) = try await appliedRing() { response.ringEpoch = ring.current.epoch }
         return response
     }
 
@@ -206,13 +206,25 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
     public func reportBadReplica(request: Cairn_Meta_V1_BadReplicaRequest, context: ServerContext) async throws -> Cairn_Meta_V1_BadReplicaResponse {
         guard let chunk = ChunkID(digest: request.chunk) else { throw RPCError(code: .invalidArgument, message: "chunk must be a 32-byte SHA-256") }
         try await requireLeader()
-        if case .ring(let ring) = try await read(.ring),
+        if case .ring(let ring) = try await appliedRing(),
            let member = ring.current.members.first(where: { $0.address.description == request.server }) {
             liveness.countBadReplica(member.id)
         }
         logger.warning("bad replica reported", metadata: [
             "chunk": "\(chunk.hex)", "server": "\(request.server)", "reason": "\(request.reason.prefix(200))"])
         return Cairn_Meta_V1_BadReplicaResponse()
+    }
+
+    /// The ring as this replica has applied it, without a ReadIndex round: for what is only
+    /// informational (the epoch a heartbeat is told, the id behind a reported address), so that
+    /// every chunkserver heartbeat does not cost a quorum round trip.
+    func appliedRing() async throws(RPCError) -> MetaReply {
+        let command = MetaCommand(now: .zero, operation: .ring)
+        do {
+            return try await node.localRead { $0.read(command) }
+        } catch {
+            throw error.rpcError
+        }
     }
 
     /// Throws the not-leader error (with the leader's address) unless this replica leads:
