@@ -145,6 +145,7 @@ let package = Package(
             name: "CairnTestSupport",
             dependencies: [
                 "CairnCore", "RaftCore",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,4 +1,5 @@
 import CairnCore
+import NIOCore
 @_exported import struct RaftCore.SplitMix64
 import Logging
 import SystemPackage
@@ -61,6 +62,12 @@ public func flipByte(in path: FilePath, at offset: Int64) throws {
     _ = try withUnsafeMutableBytes(of: &byte) { try fd.read(fromAbsoluteOffset: offset, into: $0) }
     byte ^= 0x10
     _ = try withUnsafeBytes(of: &byte) { try fd.write(toAbsoluteOffset: offset, $0) }
+}
+
+/// A chunk of `count` seeded bytes and its ID.
+public func testChunk(_ count: Int, seed: UInt64) -> (ChunkID, ByteBuffer) {
+    let bytes = testBytes(count: count, seed: seed)
+    return (SHA256.hash(bytes), ByteBuffer(bytes: bytes))
 }
 
 /// The seeded generator of test data and random test schedules: RaftCore's SplitMix64, the one

@@ -24,7 +24,7 @@ import Glibc
         let daemon = try start(dir, logs: logs, name: "cs")
         let address = try await daemon.waitForAddress()
         let client = try await ChunkClient.connect(to: address)
-        let (id, bytes) = chunk(100_000, seed: 1)
+        let (id, bytes) = testChunk(100_000, seed: 1)
         try await client.put(id, bytes: bytes)
         await client.close()
         let status = await daemon.stop(signal: SIGTERM)
@@ -47,7 +47,7 @@ import Glibc
                     var seed = UInt64(writer) << 32
                     while true {
                         seed += 1
-                        let (id, bytes) = chunk(512 << 10, seed: seed)
+                        let (id, bytes) = testChunk(512 << 10, seed: seed)
                         do {
                             try await client.put(id, bytes: bytes)
                         } catch {
@@ -95,7 +95,7 @@ import Glibc
         let logs = TestDirectory("logs")
         let daemon = try start(dir, logs: logs, name: "cs1")
         let address = try await daemon.waitForAddress()
-        let (id, bytes) = chunk(3 << 20, seed: 9)
+        let (id, bytes) = testChunk(3 << 20, seed: 9)
         var put = ChunkRequest()
         put.put.id = id.field
         let frame = try requestFrame(put, body: Array(bytes.readableBytesView))

@@ -36,11 +36,6 @@ func withChunkServer(
     }
 }
 
-func chunk(_ count: Int, seed: UInt64) -> (ChunkID, ByteBuffer) {
-    let bytes = testBytes(count: count, seed: seed)
-    return (SHA256.hash(bytes), ByteBuffer(bytes: bytes))
-}
-
 /// A bare TCP connection that sends arbitrary bytes and collects whatever comes back until
 /// the server closes it.
 struct RawConnection {
@@ -111,14 +106,14 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address)
-            let (id, bytes) = chunk(3_000_000, seed: 1)
+            let (id, bytes) = testChunk(3_000_000, seed: 1)
             #expect(try await client.put(id, bytes: bytes) == false)
             #expect(try await client.put(id, bytes: bytes) == true)
             #expect(try await client.get(id) == bytes)
             let range = try await client.read(id, offset: 1_000_000, length: 70_000)
             #expect(range.chunkLength == 3_000_000)
             #expect(range.bytes == bytes.getSlice(at: 1_000_000, length: 70_000))
-            let (missing, _) = chunk(10, seed: 2)
+            let (missing, _) = testChunk(10, seed: 2)
             #expect(try await client.has([id, missing]) == [true, false])
             #expect(try await client.verify(id) == 3_000_000)
             let page = try await client.list(after: nil)
@@ -137,7 +132,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address, requestsInflightMax: 8)
-            let chunks = (0..<48).map { chunk(200_000 + $0, seed: UInt64(100 + $0)) }
+            let chunks = (0..<48).map { testChunk(200_000 + $0, seed: UInt64(100 + $0)) }
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for (id, bytes) in chunks {
                     group.addTask { try await client.put(id, bytes: bytes) }
@@ -159,12 +154,12 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address)
-            let (id, _) = chunk(100_000, seed: 3)
-            let (_, otherBytes) = chunk(100_000, seed: 4)
+            let (id, _) = testChunk(100_000, seed: 3)
+            let (_, otherBytes) = testChunk(100_000, seed: 4)
             #expect(await errorCode { try await client.put(id, bytes: otherBytes) } == .hashMismatch)
             #expect(try await client.has([id, SHA256.hash(Array(otherBytes.readableBytesView))]) == [false, false])
             #expect(dir.entries("tmp").isEmpty)
-            let (good, goodBytes) = chunk(5000, seed: 5)
+            let (good, goodBytes) = testChunk(5000, seed: 5)
             try await client.put(good, bytes: goodBytes)
             #expect(try await client.get(good) == goodBytes)
             #expect(try await client.stat().rejectedPutTotal == 1)
@@ -203,7 +198,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             var put = ChunkRequest()
-            put.put.id = chunk(10, seed: 1).0.field
+            put.put.id = testChunk(10, seed: 1).0.field
             var bytes: [UInt8]
             switch kind {
             case "random":
@@ -233,7 +228,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
             #expect(response.error?.code == .protocolViolation)
             // Others are still served.
             let client = try await ChunkClient.connect(to: address)
-            let (id, good) = chunk(1000, seed: 6)
+            let (id, good) = testChunk(1000, seed: 6)
             try await client.put(id, bytes: good)
             #expect(try await client.get(id) == good)
             await client.close()
@@ -243,7 +238,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
     @Test func aConnectionDroppedHalfWayThroughAChunkStoresNothing() async throws {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
-            let (id, bytes) = chunk(2 << 20, seed: 7)
+            let (id, bytes) = testChunk(2 << 20, seed: 7)
             var put = ChunkRequest()
             put.put.id = id.field
             let whole = try requestFrame(put, body: Array(bytes.readableBytesView))
@@ -259,7 +254,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
 
     @Test func scrubberFindsAFlippedByteAndQuarantinesTheChunk() async throws {
         let dir = TestDirectory("server")
-        let chunks = (0..<6).map { chunk(300_000, seed: UInt64(20 + $0)) }
+        let chunks = (0..<6).map { testChunk(300_000, seed: UInt64(20 + $0)) }
         // Store first, then damage one chunk while no server runs.
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address)
@@ -289,7 +284,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address)
-            let (id, bytes) = chunk(1 << 20, seed: 30)
+            let (id, bytes) = testChunk(1 << 20, seed: 30)
             try await client.put(id, bytes: bytes)
             try flipByte(in: dir.path.appending("chunks").appending(String(id.hex.prefix(2))).appending(id.hex), at: 777)
             #expect(await errorCode { _ = try await client.get(id) } == .corrupt)
@@ -306,7 +301,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
             var stored: [(ChunkID, ByteBuffer)] = []
             var refusal: CairnError?
             for seed in 0..<20 {
-                let (id, bytes) = chunk(1 << 20, seed: UInt64(40 + seed))
+                let (id, bytes) = testChunk(1 << 20, seed: UInt64(40 + seed))
                 do {
                     try await client.put(id, bytes: bytes)
                     stored.append((id, bytes))
@@ -324,7 +319,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
             for entry in page.entries { _ = try await client.verify(try ChunkID(field: entry.id)) }
             // Deleting makes room again.
             try await client.delete([stored[0].0])
-            let (id, bytes) = chunk(1 << 20, seed: 99)
+            let (id, bytes) = testChunk(1 << 20, seed: 99)
             try await client.put(id, bytes: bytes)
             await client.close()
         }

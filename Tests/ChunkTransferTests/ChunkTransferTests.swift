@@ -74,11 +74,6 @@ func withCluster(_ count: Int, _ body: (TestCluster) async throws -> Void) async
     }
 }
 
-func testChunk(_ count: Int, seed: UInt64) -> (ChunkID, ByteBuffer) {
-    let bytes = testBytes(count: count, seed: seed)
-    return (SHA256.hash(bytes), ByteBuffer(bytes: bytes))
-}
-
 func withTestPool<T>(connectionsMax: Int = 64, _ body: (ChunkserverPool) async throws -> T) async throws -> T {
     var configuration = ChunkserverPoolConfiguration()
     configuration.connectionsMax = connectionsMax
