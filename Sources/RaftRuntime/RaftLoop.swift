@@ -21,8 +21,11 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     /// Which of our proposals sits at which log index (learned from `Ready.entries`).
     private var proposalAtIndex: [UInt64: UInt64] = [:]
     private var pendingConfChange: PendingProposal?
-    /// Reads waiting for their read index, by serial (the ReadIndex context).
-    private var readsWaitingForIndex: [UInt64: (read: PendingRead<Machine>, deadline: ContinuousClock.Instant)] = [:]
+    /// Reads waiting for their read index, by serial (the ReadIndex context): every read of one
+    /// drain of the inbox shares one ReadIndex round.
+    private var readsWaitingForIndex: [UInt64: (reads: [PendingRead<Machine>], deadline: ContinuousClock.Instant)] = [:]
+    /// Reads collected from one drain of the inbox (one ReadIndex for all of them, in `readBatched`).
+    private var readBatch: [PendingRead<Machine>] = []
     /// Reads whose index is known, waiting for it to be applied.
     private var readsWaitingForApply: [(index: UInt64, read: PendingRead<Machine>)] = []
     /// A membership change was applied since the last snapshot (see `maybeSnapshot`).
@@ -93,6 +96,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             }
             for event in events { handle(event, now: now) }
             proposeBatched(now: now)
+            readBatched(now: now)
             do {
                 try drainReadies()
             } catch {
@@ -106,7 +110,9 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         proposals = [:]
         pendingConfChange?.reply(.failure(stopped))
         pendingConfChange = nil
-        for (_, waiting) in readsWaitingForIndex { waiting.read.fail(stopped) }
+        for (_, waiting) in readsWaitingForIndex { for read in waiting.reads { read.fail(stopped) } }
+        for read in readBatch { read.fail(stopped) }
+        readBatch = []
         readsWaitingForIndex = [:]
         for waiting in readsWaitingForApply { waiting.read.fail(stopped) }
         readsWaitingForApply = []
@@ -136,14 +142,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             nextSerial += 1
             batch.append((serial, CommandEnvelope(proposer: configuration.id, serial: serial, command: command).encoded(), reply))
         case .read(let read):
-            let serial = nextSerial
-            nextSerial += 1
-            do {
-                try node.readIndex(context: CommandEnvelope.serialBytes(serial))
-                readsWaitingForIndex[serial] = (read, now + configuration.requestTimeout)
-            } catch {
-                read.fail(map(error))
-            }
+            readBatch.append(read)
         case .localRead(let read):
             read.run(machine)
         case .confChange(let change, let reply):
@@ -180,6 +179,23 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         }
     }
 
+    /// Starts one ReadIndex round for every read this drain of the inbox collected: they all
+    /// wait for the same index (a read may not be served from before it arrived, and each of
+    /// these arrived before the round began).
+    private func readBatched(now: ContinuousClock.Instant) {
+        guard !readBatch.isEmpty else { return }
+        defer { readBatch.removeAll(keepingCapacity: true) }
+        let serial = nextSerial
+        nextSerial += 1
+        do {
+            try node.readIndex(context: CommandEnvelope.serialBytes(serial))
+            readsWaitingForIndex[serial] = (readBatch, now + configuration.requestTimeout)
+        } catch {
+            let failure = map(error)
+            for read in readBatch { read.fail(failure) }
+        }
+    }
+
     private func map(_ error: ProposalError) -> RaftNodeError {
         switch error.code {
         case .notLeader, .noLeader:
@@ -203,7 +219,9 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             change.reply(.failure(timedOut))
         }
         for serial in readsWaitingForIndex.keys.sorted() where readsWaitingForIndex[serial]!.deadline < now {
-            readsWaitingForIndex.removeValue(forKey: serial)!.read.fail(RaftNodeError(.timedOut, "read index not confirmed in time"))
+            for read in readsWaitingForIndex.removeValue(forKey: serial)!.reads {
+                read.fail(RaftNodeError(.timedOut, "read index not confirmed in time"))
+            }
         }
     }
 
@@ -211,6 +229,20 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
 
     private func drainReadies() throws(CairnError) {
         while let ready = node.ready() {
+            // 0. A leader whose term and vote are already durable sends its appends and
+            // heartbeats before its own fsync, so that the followers' fsyncs run in parallel with
+            // it (Raft thesis §10.2.1). Safe: the leader counts its own copy at once but acts on
+            // an acknowledgement only on a later turn of this loop, after this persist finished,
+            // so nothing commits on the strength of the leader's unsynced copy.
+            var unreachable: [NodeID] = []
+            let hardStateDurable = ready.hardState.map { $0.term == storage.hardState.term && $0.vote == storage.hardState.vote } ?? true
+            let sendsEarly = hardStateDurable && node.status.role == .leader
+            func send(_ message: Message) {
+                if !transport.send(message), !unreachable.contains(message.to) { unreachable.append(message.to) }
+            }
+            if sendsEarly {
+                for message in ready.messages where Self.sentBeforePersisting(message.kind) { send(message) }
+            }
             // 1. Persist (one fsync for everything in this Ready).
             let snapshot = ready.snapshot.flatMap { $0.isEmpty ? nil : $0 }
             if snapshot != nil || !ready.entries.isEmpty || ready.mustSync {
@@ -240,29 +272,32 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                 lastSnapshotIndex = snapshot.metadata.index
             }
             // 3. Send (only after persisting: votes and acks promise what was just written).
-            var unreachable: [NodeID] = []
             if logger.logLevel <= .trace {
                 for message in ready.messages {
                     logger.trace("sending", metadata: ["kind": "\(message.kind)", "to": "\(message.to)", "term": "\(message.term)",
                                                        "index": "\(message.index)", "entries": "\(message.entries.count)"])
                 }
             }
-            for message in ready.messages where !transport.send(message) {
-                if !unreachable.contains(message.to) { unreachable.append(message.to) }
-            }
+            for message in ready.messages where !(sendsEarly && Self.sentBeforePersisting(message.kind)) { send(message) }
             // 4. Apply.
             for entry in ready.committedEntries { try apply(entry) }
             // 5. Reads whose index is now known.
             for state in ready.readStates {
                 guard let serial = CommandEnvelope.serial(from: state.context),
                       let waiting = readsWaitingForIndex.removeValue(forKey: serial) else { continue }
-                readsWaitingForApply.append((state.index, waiting.read))
+                for read in waiting.reads { readsWaitingForApply.append((state.index, read)) }
             }
             node.advance(ready)
             for peer in unreachable { node.reportUnreachable(peer) }
             serveReads()
             try maybeSnapshot()
         }
+    }
+
+    /// What a leader with a durable term and vote may send before its own fsync: what it
+    /// replicates, never an answer that promises its own storage.
+    private static func sentBeforePersisting(_ kind: MessageKind) -> Bool {
+        kind == .append || kind == .heartbeat
     }
 
     private func apply(_ entry: Entry) throws(CairnError) {

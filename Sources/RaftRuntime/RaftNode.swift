@@ -52,21 +52,39 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         try await request { .propose(command, $0) }
     }
 
+    /// `propose(_:)` for callers that cannot wait in a task (a pipelined stream answering many
+    /// calls): `completion` runs once, on the Raft thread or at once on this one; keep it short.
+    public func propose(_ command: [UInt8], completion: @escaping @Sendable (Result<([UInt8], UInt64), RaftNodeError>) -> Void) {
+        if !inbox.post(.propose(command, completion), droppable: false) {
+            completion(.failure(RaftNodeError(.busy, "Raft inbox is full or the node is stopped")))
+        }
+    }
+
+    /// Returns once the node has stopped (its Raft thread finished).
+    public func waitUntilStopped() async {
+        await inbox.waitUntilStopped()
+    }
+
     /// Runs `body` against the state machine once every write acknowledged before this call is
     /// applied here (ReadIndex): a linearizable read, on the leader or a follower. `body` runs
     /// on the Raft thread: keep it short.
     ///
     /// - Throws: `RaftNodeError` `.notLeader` (no leader known), `.timedOut`, `.busy`, `.stopped`.
     public func read<T: Sendable>(_ body: @escaping @Sendable (Machine) -> T) async throws(RaftNodeError) -> T {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, RaftNodeError>, Never>) in
-            let pending = PendingRead<Machine>(
-                run: { machine in continuation.resume(returning: .success(body(machine))) },
-                fail: { error in continuation.resume(returning: .failure(error)) })
-            if !inbox.post(.read(pending), droppable: false) {
-                continuation.resume(returning: .failure(RaftNodeError(.busy, "Raft inbox is full or the node is stopped")))
-            }
+        try await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, RaftNodeError>, Never>) in
+            read(body) { continuation.resume(returning: $0) }
+        }.get()
+    }
+
+    /// `read(_:)` for callers that cannot wait in a task (a pipelined stream answering many
+    /// calls): `completion` runs once, on the Raft thread or at once on this one; keep it short.
+    public func read<T: Sendable>(_ body: @escaping @Sendable (Machine) -> T,
+                                  completion: @escaping @Sendable (Result<T, RaftNodeError>) -> Void) {
+        let pending = PendingRead<Machine>(run: { machine in completion(.success(body(machine))) },
+                                           fail: { error in completion(.failure(error)) })
+        if !inbox.post(.read(pending), droppable: false) {
+            completion(.failure(RaftNodeError(.busy, "Raft inbox is full or the node is stopped")))
         }
-        return try result.get()
     }
 
     /// Runs `body` against this replica's state as applied so far, without confirming

@@ -175,7 +175,12 @@ final class PeerSender: Sendable {
                 try await withGRPCClient(transport: .http2NIOPosix(
                     target: .ipv4(address: address.host, port: address.port),
                     transportSecurity: .plaintext,
-                    config: .defaults { $0.http2.targetWindowSize = 16 << 20; $0.http2.maxFrameSize = 1 << 20 })
+                    config: .defaults {
+                        $0.http2.targetWindowSize = 16 << 20
+                        $0.http2.maxFrameSize = 1 << 20
+                        // The peer queue already batches: a flush delay would only add latency.
+                        $0.connection.flushCoalescing = nil
+                    })
                 ) { client in
                     let peer = Cairn_Raft_V1_RaftPeer.Client(wrapping: client)
                     var options = CallOptions.defaults

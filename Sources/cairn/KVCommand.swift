@@ -56,6 +56,7 @@ struct KVCommand: AsyncParsableCommand {
                     $0.rpc.maxRequestPayloadSize = configuration.peerMessageBytesMax
                     $0.http2.targetWindowSize = 16 << 20
                     $0.http2.maxFrameSize = 1 << 20
+                    $0.connection.flushCoalescing = nil
                 })
             let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node)])
             let group = ServiceGroup(configuration: .init(

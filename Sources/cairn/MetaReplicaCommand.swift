@@ -65,6 +65,7 @@ struct MetaReplicaCommand: AsyncParsableCommand {
                     $0.rpc.maxRequestPayloadSize = max(configuration.peerMessageBytesMax, limits.commandBytesMax + 4096)
                     $0.http2.targetWindowSize = 16 << 20
                     $0.http2.maxFrameSize = 1 << 20
+                    $0.connection.flushCoalescing = nil
                 })
             let server = GRPCServer(transport: transport, services: [node.peerService, service])
             let group = ServiceGroup(configuration: .init(
