@@ -35,7 +35,10 @@ public final class MetaClient: Sendable {
         for server in servers where grpcClients[server] == nil {
             grpcClients[server] = GRPCClient(transport: try .http2NIOPosix(
                 target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext,
-                config: .defaults { $0.http2.targetWindowSize = 8 << 20 },
+                config: .defaults {
+                    $0.http2.targetWindowSize = 8 << 20
+                    $0.connection.flushCoalescing = nil
+                },
                 serviceConfig: ServiceConfig()))
         }
         let stubs = grpcClients.mapValues { Stub(wrapping: $0) }

@@ -20,7 +20,8 @@ public final class KeyValueClient: Sendable {
         var grpcClients: [HostPort: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
         for server in servers {
             grpcClients[server] = GRPCClient(transport: try .http2NIOPosix(
-                target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext))
+                target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext,
+                config: .defaults { $0.connection.flushCoalescing = nil }))
         }
         let clients = grpcClients.mapValues { Cairn_Kv_V1_KeyValue.Client(wrapping: $0) }
         let frozen = grpcClients
