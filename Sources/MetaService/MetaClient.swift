@@ -13,17 +13,25 @@ import RaftRuntime
 /// the state machine apply each at most once.
 public final class MetaClient: Sendable {
     typealias Stub = Cairn_Meta_V1_Meta.Client<HTTP2ClientTransport.Posix>
+    /// One replica: its stub, and the `ExecuteStream` that namespace operations travel on.
+    struct Endpoint: Sendable {
+        let stub: Stub
+        let stream: PipelinedClient<Cairn_Meta_V1_ExecuteStreamRequest, Cairn_Meta_V1_ExecuteStreamResponse>
+    }
+
     public let servers: [HostPort]
-    let leader: LeaderFollower<Stub>
+    let leader: LeaderFollower<Endpoint>
+    /// Namespace operations waiting for their answers at once, per replica.
+    public static let inflightMax = 1024
     /// Largest reply accepted (a readdir page or extent list stays far below it).
     public static let replyBytesMax = 16 << 20
     /// Deadline of one attempt of one call.
     public let callTimeout: Duration
 
-    private init(servers: [HostPort], stubs: [HostPort: Stub], attemptsMax: Int, callTimeout: Duration) {
+    private init(servers: [HostPort], endpoints: [HostPort: Endpoint], attemptsMax: Int, callTimeout: Duration) {
         self.servers = servers
         self.callTimeout = callTimeout
-        leader = LeaderFollower(servers: servers, clients: stubs, attemptsMax: attemptsMax)
+        leader = LeaderFollower(servers: servers, clients: endpoints, attemptsMax: attemptsMax)
     }
 
     /// Connects to every replica for the duration of `body`.
@@ -38,15 +46,32 @@ public final class MetaClient: Sendable {
                 config: .defaults {
                     $0.http2.targetWindowSize = 8 << 20
                     $0.connection.flushCoalescing = nil
+                    // A replica that stops answering (hung, partitioned) ends the stream.
+                    $0.connection.keepalive = .init(time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: false)
                 },
                 serviceConfig: ServiceConfig()))
         }
-        let stubs = grpcClients.mapValues { Stub(wrapping: $0) }
+        let endpoints = grpcClients.mapValues { client in
+            let stub = Stub(wrapping: client)
+            var options = CallOptions.defaults
+            options.maxResponseMessageBytes = Self.replyBytesMax
+            let frozenOptions = options
+            return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout) { requests, received in
+                try await stub.executeStream(options: frozenOptions, requestProducer: { writer in
+                    for await request in requests { try await writer.write(request) }
+                }, onResponse: { responses in
+                    for try await response in responses.messages { received(response) }
+                })
+            })
+        }
         let frozen = grpcClients
         return try await withThrowingTaskGroup(of: Void.self) { group in
             for client in frozen.values { group.addTask { try await client.runConnections() } }
-            defer { for client in frozen.values { client.beginGracefulShutdown() } }
-            return try await body(MetaClient(servers: servers, stubs: stubs, attemptsMax: attemptsMax, callTimeout: callTimeout))
+            defer {
+                for endpoint in endpoints.values { endpoint.stream.close() }
+                for client in frozen.values { client.beginGracefulShutdown() }
+            }
+            return try await body(MetaClient(servers: servers, endpoints: endpoints, attemptsMax: attemptsMax, callTimeout: callTimeout))
         }
     }
 
@@ -64,9 +89,9 @@ public final class MetaClient: Sendable {
     ///   `.invalidArgument` when the service refused the request, `.protocolViolation` for an
     ///   undecodable reply.
     public func execute(_ command: MetaCommand) async throws(CairnError) -> MetaReply {
-        var request = Cairn_Meta_V1_ExecuteRequest()
+        var request = Cairn_Meta_V1_ExecuteStreamRequest()
         request.command = Data(command.encoded())
-        let response = try await call { try await $0.execute(request, options: callOptions) }
+        let response = try await call { try await $0.stream.call(request) }
         do {
             return try MetaReply(decoding: Array(response.reply))
         } catch {
@@ -82,7 +107,7 @@ public final class MetaClient: Sendable {
 
     /// The ring (current and previous epochs), the live chunkservers and their capacity.
     public func cluster() async throws(CairnError) -> ClusterView {
-        let response = try await call { try await $0.cluster(Cairn_Meta_V1_ClusterRequest(), options: callOptions) }
+        let response = try await call { try await $0.stub.cluster(Cairn_Meta_V1_ClusterRequest(), options: callOptions) }
         guard case .ring(let ring)? = try? MetaReply(decoding: Array(response.ring)) else {
             throw CairnError(.protocolViolation, "the metadata service sent no ring")
         }
@@ -92,7 +117,7 @@ public final class MetaClient: Sendable {
 
     /// A chunkserver's heartbeat (registers it on first contact or when its details change).
     public func heartbeat(_ request: Cairn_Meta_V1_ChunkserverHeartbeatRequest) async throws(CairnError) -> Cairn_Meta_V1_ChunkserverHeartbeatResponse {
-        try await call { try await $0.chunkserverHeartbeat(request, options: callOptions) }
+        try await call { try await $0.stub.chunkserverHeartbeat(request, options: callOptions) }
     }
 
     /// Tells the leader a replica was found missing or corrupt.
@@ -101,7 +126,7 @@ public final class MetaClient: Sendable {
         request.chunk = Data(chunk.bytes)
         request.server = server.description
         request.reason = String(reason.prefix(1000))
-        _ = try await call { try await $0.reportBadReplica(request, options: callOptions) }
+        _ = try await call { try await $0.stub.reportBadReplica(request, options: callOptions) }
     }
 
     /// Adds a replica (learner or voter) or removes one, through the leader.
@@ -110,18 +135,18 @@ public final class MetaClient: Sendable {
         request.kind = kind
         request.node = node
         request.address = address?.description ?? ""
-        return try await call { try await $0.changeMembership(request, options: callOptions) }
+        return try await call { try await $0.stub.changeMembership(request, options: callOptions) }
     }
 
     /// One replica's own status (not redirected); `nil` if it does not answer in time.
     public func status(of server: HostPort, timeout: Duration = .seconds(3)) async -> Cairn_Meta_V1_StatusResponse? {
-        guard let stub = leader.client(server) else { return nil }
+        guard let endpoint = leader.client(server) else { return nil }
         var options = callOptions
         options.timeout = timeout
-        return try? await stub.status(Cairn_Meta_V1_StatusRequest(), options: options)
+        return try? await endpoint.stub.status(Cairn_Meta_V1_StatusRequest(), options: options)
     }
 
-    private func call<T: Sendable>(_ body: (Stub) async throws -> T) async throws(CairnError) -> T {
+    private func call<T: Sendable>(_ body: (Endpoint) async throws -> T) async throws(CairnError) -> T {
         do {
             return try await leader.call(body)
         } catch let error as CairnError {

@@ -31,30 +31,58 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
     // MARK: Namespace
 
     public func execute(request: Cairn_Meta_V1_ExecuteRequest, context: ServerContext) async throws -> Cairn_Meta_V1_ExecuteResponse {
-        guard request.command.count <= limits.commandBytesMax else {
-            throw RPCError(code: .invalidArgument, message: "command of \(request.command.count) bytes exceeds \(limits.commandBytesMax)")
+        let (reply, index) = try await withCheckedContinuation { continuation in
+            execute(request.command) { continuation.resume(returning: $0) }
+        }.get()
+        var response = Cairn_Meta_V1_ExecuteResponse()
+        response.reply = Data(reply)
+        response.index = index
+        return response
+    }
+
+    /// Unanswered operations one `ExecuteStream` may have at once.
+    public static let streamInflightMax = 1024
+
+    public func executeStream(request: RPCAsyncSequence<Cairn_Meta_V1_ExecuteStreamRequest, any Error>,
+                              response: RPCWriter<Cairn_Meta_V1_ExecuteStreamResponse>, context: ServerContext) async throws {
+        try await PipelinedCalls.serve(requests: request, responses: response, inflightMax: Self.streamInflightMax,
+                                       until: { [node] in await node.waitUntilStopped() }) { request, respond in
+            let id = request.id
+            execute(request.command) { result in
+                switch result {
+                case .success((let reply, let index)):
+                    var answer = Cairn_Meta_V1_ExecuteStreamResponse()
+                    answer.id = id
+                    answer.reply = Data(reply)
+                    answer.index = index
+                    respond(answer)
+                case .failure(let error):
+                    respond(.init(id: id, error: error))
+                }
+            }
+        }
+    }
+
+    /// One namespace operation, encoded: a mutation is proposed with the leader's time stamped
+    /// in, a read waits for a ReadIndex. `completion` runs once, on the Raft thread or here.
+    func execute(_ encoded: Data, completion: @escaping @Sendable (Result<([UInt8], UInt64), RPCError>) -> Void) {
+        guard encoded.count <= limits.commandBytesMax else {
+            return completion(.failure(RPCError(code: .invalidArgument,
+                                                message: "command of \(encoded.count) bytes exceeds \(limits.commandBytesMax)")))
         }
         var command: MetaCommand
         do {
-            command = try MetaCommand(decoding: Array(request.command))
+            command = try MetaCommand(decoding: Array(encoded))
         } catch {
-            throw RPCError(code: .invalidArgument, message: "malformed command: \(error)")
+            return completion(.failure(RPCError(code: .invalidArgument, message: "malformed command: \(error)")))
         }
-        var response = Cairn_Meta_V1_ExecuteResponse()
         if command.operation.isMutation {
             command.now = clock.now()
-            let (reply, index) = try await propose(command)
-            response.reply = Data(reply)
-            response.index = index
+            node.propose(command.encoded()) { completion($0.mapError(\.rpcError)) }
         } else {
             let frozen = command
-            do {
-                response.reply = Data(try await node.read { $0.read(frozen) }.encoded())
-            } catch {
-                throw error.rpcError
-            }
+            node.read({ $0.read(frozen).encoded() }) { completion($0.map { ($0, 0) }.mapError(\.rpcError)) }
         }
-        return response
     }
 
     /// Proposes a command and returns its encoded reply and log index.
@@ -248,5 +276,23 @@ extension RaftRole {
         case .candidate: "candidate"
         case .preCandidate: "precandidate"
         }
+    }
+}
+
+extension Cairn_Meta_V1_ExecuteStreamRequest: PipelinedMessage {}
+
+extension Cairn_Meta_V1_ExecuteStreamResponse: PipelinedResponse {
+    public init(id: UInt64, error: RPCError) {
+        self.init()
+        self.id = id
+        let fields = error.pipelinedFields
+        self.error.code = fields.code
+        self.error.message = fields.message
+        self.error.leader = fields.leader
+    }
+
+    public var rpcError: RPCError? {
+        guard hasError else { return nil }
+        return RPCError(pipelinedCode: error.code, message: error.message, leader: error.leader)
     }
 }

@@ -7,12 +7,21 @@ import RaftRuntime
 /// A client of a replicated key-value group: finds the leader (following not-leader hints)
 /// and retries through elections, within a bounded number of attempts.
 public final class KeyValueClient: Sendable {
-    public let servers: [HostPort]
-    private let leader: LeaderFollower<Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>>
+    typealias Stub = Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>
+    /// One server: its stub, and the pipelined stream that puts and gets travel on.
+    struct Endpoint: Sendable {
+        let stub: Stub
+        let pipeline: PipelinedClient<Cairn_Kv_V1_PipelineRequest, Cairn_Kv_V1_PipelineResponse>
+    }
 
-    private init(servers: [HostPort], clients: [HostPort: Cairn_Kv_V1_KeyValue.Client<HTTP2ClientTransport.Posix>]) {
+    public let servers: [HostPort]
+    private let leader: LeaderFollower<Endpoint>
+    /// Puts and gets waiting for their answers at once, per server.
+    public static let inflightMax = 1024
+
+    private init(servers: [HostPort], endpoints: [HostPort: Endpoint]) {
         self.servers = servers
-        leader = LeaderFollower(servers: servers, clients: clients, attemptsMax: 60)
+        leader = LeaderFollower(servers: servers, clients: endpoints, attemptsMax: 60)
     }
 
     /// Connects to every server for the duration of `body`.
@@ -23,28 +32,40 @@ public final class KeyValueClient: Sendable {
                 target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext,
                 config: .defaults { $0.connection.flushCoalescing = nil }))
         }
-        let clients = grpcClients.mapValues { Cairn_Kv_V1_KeyValue.Client(wrapping: $0) }
+        let endpoints = grpcClients.mapValues { client in
+            let stub = Stub(wrapping: client)
+            return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10)) { requests, received in
+                try await stub.pipeline(requestProducer: { writer in
+                    for await request in requests { try await writer.write(request) }
+                }, onResponse: { responses in
+                    for try await response in responses.messages { received(response) }
+                })
+            })
+        }
         let frozen = grpcClients
         return try await withThrowingTaskGroup(of: Void.self) { group in
             for client in frozen.values { group.addTask { try await client.runConnections() } }
-            defer { for client in frozen.values { client.beginGracefulShutdown() } }
-            return try await body(KeyValueClient(servers: servers, clients: clients))
+            defer {
+                for endpoint in endpoints.values { endpoint.pipeline.close() }
+                for client in frozen.values { client.beginGracefulShutdown() }
+            }
+            return try await body(KeyValueClient(servers: servers, endpoints: endpoints))
         }
     }
 
     /// Writes `value` under `key`; returns the log index it was applied at.
     public func put(_ key: [UInt8], _ value: [UInt8]) async throws -> UInt64 {
-        var request = Cairn_Kv_V1_PutRequest()
-        request.key = Data(key)
-        request.value = Data(value)
-        return try await leader.call { try await $0.put(request).index }
+        var request = Cairn_Kv_V1_PipelineRequest()
+        request.put.key = Data(key)
+        request.put.value = Data(value)
+        return try await leader.call { try await $0.pipeline.call(request).put.index }
     }
 
     /// Reads `key` linearizably.
     public func get(_ key: [UInt8]) async throws -> [UInt8]? {
-        var request = Cairn_Kv_V1_GetRequest()
-        request.key = Data(key)
-        let response = try await leader.call { try await $0.get(request) }
+        var request = Cairn_Kv_V1_PipelineRequest()
+        request.get.key = Data(key)
+        let response = try await leader.call { try await $0.pipeline.call(request).get }
         return response.found ? Array(response.value) : nil
     }
 
@@ -54,14 +75,14 @@ public final class KeyValueClient: Sendable {
         request.kind = kind
         request.node = node
         request.address = address?.description ?? ""
-        return try await leader.call { try await $0.changeMembership(request) }
+        return try await leader.call { try await $0.stub.changeMembership(request) }
     }
 
     /// One server's own status.
     public func status(of server: HostPort) async throws -> Cairn_Kv_V1_StatusResponse {
-        guard let client = leader.client(server) else { throw CairnError(.invalidArgument, "\(server) is not one of the servers") }
+        guard let endpoint = leader.client(server) else { throw CairnError(.invalidArgument, "\(server) is not one of the servers") }
         var options = CallOptions.defaults
         options.timeout = .seconds(5)
-        return try await client.status(Cairn_Kv_V1_StatusRequest(), options: options)
+        return try await endpoint.stub.status(Cairn_Kv_V1_StatusRequest(), options: options)
     }
 }

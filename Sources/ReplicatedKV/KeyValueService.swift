@@ -37,6 +37,50 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
         }
     }
 
+    /// Unanswered calls one pipelined stream may have at once.
+    public static let pipelineInflightMax = 1024
+
+    public func pipeline(request: RPCAsyncSequence<Cairn_Kv_V1_PipelineRequest, any Error>,
+                         response: RPCWriter<Cairn_Kv_V1_PipelineResponse>, context: ServerContext) async throws {
+        try await PipelinedCalls.serve(requests: request, responses: response, inflightMax: Self.pipelineInflightMax,
+                                       until: { [node] in await node.waitUntilStopped() }) { [node] request, respond in
+            let id = request.id
+            switch request.call {
+            case .put(let put):
+                guard put.key.count <= KeyValueMachine.keyBytesMax, put.value.count <= KeyValueMachine.valueBytesMax else {
+                    return respond(.init(id: id, error: RPCError(code: .invalidArgument, message: "key or value too large")))
+                }
+                node.propose(KeyValueMachine.putCommand(key: Array(put.key), value: Array(put.value))) { result in
+                    switch result {
+                    case .success((_, let index)):
+                        var answer = Cairn_Kv_V1_PipelineResponse()
+                        answer.id = id
+                        answer.put.index = index
+                        respond(answer)
+                    case .failure(let error):
+                        respond(.init(id: id, error: error.rpcError))
+                    }
+                }
+            case .get(let get):
+                let key = Array(get.key)
+                node.read({ $0.values[key] }) { result in
+                    switch result {
+                    case .success(let value):
+                        var answer = Cairn_Kv_V1_PipelineResponse()
+                        answer.id = id
+                        answer.get.found = value != nil
+                        answer.get.value = Data(value ?? [])
+                        respond(answer)
+                    case .failure(let error):
+                        respond(.init(id: id, error: error.rpcError))
+                    }
+                }
+            case nil:
+                respond(.init(id: id, error: RPCError(code: .invalidArgument, message: "a pipelined call needs a put or a get")))
+            }
+        }
+    }
+
     public func status(request: Cairn_Kv_V1_StatusRequest, context: ServerContext) async throws -> Cairn_Kv_V1_StatusResponse {
         do {
             let status = try await node.status()
@@ -73,5 +117,23 @@ extension KeyValueService {
         response.voters = members.voters
         response.learners = members.learners
         return response
+    }
+}
+
+extension Cairn_Kv_V1_PipelineRequest: PipelinedMessage {}
+
+extension Cairn_Kv_V1_PipelineResponse: PipelinedResponse {
+    public init(id: UInt64, error: RPCError) {
+        self.init()
+        self.id = id
+        let fields = error.pipelinedFields
+        self.error.code = fields.code
+        self.error.message = fields.message
+        self.error.leader = fields.leader
+    }
+
+    public var rpcError: RPCError? {
+        guard case .error(let error) = result else { return nil }
+        return RPCError(pipelinedCode: error.code, message: error.message, leader: error.leader)
     }
 }
