@@ -7,7 +7,8 @@ final class Inbox<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     private var events: [Event<Machine>] = []
     private var stopping = false
     private var finished = false
-    private var finishWaiters: [CheckedContinuation<Void, Never>] = []
+    private var finishWaiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    private var nextWaiter: UInt64 = 0
     let eventsMax: Int
 
     init(eventsMax: Int) { self.eventsMax = eventsMax }
@@ -50,8 +51,8 @@ final class Inbox<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     func markFinished() -> [Event<Machine>] {
         condition.lock()
         finished = true
-        let waiters = finishWaiters
-        finishWaiters = []
+        let waiters = finishWaiters.values
+        finishWaiters = [:]
         let leftover = events
         events = []
         condition.unlock()
@@ -59,16 +60,28 @@ final class Inbox<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         return leftover
     }
 
+    /// Returns once the Raft thread has finished, or when the calling task is cancelled.
     func waitUntilStopped() async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            condition.lock()
-            if finished {
-                condition.unlock()
-                continuation.resume()
-            } else {
-                finishWaiters.append(continuation)
-                condition.unlock()
+        condition.lock()
+        nextWaiter += 1
+        let id = nextWaiter
+        condition.unlock()
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                condition.lock()
+                if finished || Task.isCancelled {
+                    condition.unlock()
+                    continuation.resume()
+                } else {
+                    finishWaiters[id] = continuation
+                    condition.unlock()
+                }
             }
+        } onCancel: {
+            condition.lock()
+            let waiter = finishWaiters.removeValue(forKey: id)
+            condition.unlock()
+            waiter?.resume()
         }
     }
 }

@@ -60,7 +60,8 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         }
     }
 
-    /// Returns once the node has stopped (its Raft thread finished).
+    /// Returns once the node has stopped (its Raft thread finished), or when the calling task
+    /// is cancelled.
     public func waitUntilStopped() async {
         await inbox.waitUntilStopped()
     }
@@ -146,6 +147,7 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
             } onGracefulShutdown: {
                 self.stop()
             }
+            self.stop()  // also when cancelled rather than shut down gracefully
             self.transport.stop()
             group.cancelAll()
         }
