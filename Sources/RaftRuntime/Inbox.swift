@@ -60,12 +60,16 @@ final class Inbox<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         return leftover
     }
 
+    private func newWaiterID() -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        nextWaiter += 1
+        return nextWaiter
+    }
+
     /// Returns once the Raft thread has finished, or when the calling task is cancelled.
     func waitUntilStopped() async {
-        condition.lock()
-        nextWaiter += 1
-        let id = nextWaiter
-        condition.unlock()
+        let id = newWaiterID()
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 condition.lock()
