@@ -62,6 +62,36 @@ import Testing
                 report.chunk = Data([1, 2])
                 #expect(await rpcCode { _ = try await stub.reportBadReplica(report) } == .invalidArgument)
             }
+            // The same on the pipelined stream: each bad operation gets its own error answer
+            // under its id, and the stream goes on serving the good one after them.
+            try await withStub(leader) { stub in
+                let commands: [[UInt8]] = [[0xFF, 0x00, 0x13, 0x37],
+                                           Array(MetaCommand(now: .zero, operation: .mkdir(parent: 1, name: name("x"), mode: 0o755)).encoded().dropLast(2)),
+                                           [UInt8](repeating: 0x61, count: 5 << 20),
+                                           MetaCommand(now: .zero, operation: .getattr(rootInode)).encoded()]
+                let answers = try await stub.executeStream(requestProducer: { writer in
+                    for (i, command) in commands.enumerated() {
+                        var request = Cairn_Meta_V1_ExecuteStreamRequest()
+                        request.id = UInt64(100 + i)
+                        request.command = Data(command)
+                        try await writer.write(request)
+                    }
+                }, onResponse: { response in
+                    var answers: [UInt64: Cairn_Meta_V1_ExecuteStreamResponse] = [:]
+                    for try await answer in response.messages { answers[answer.id] = answer }
+                    return answers
+                })
+                #expect(answers.keys.sorted() == [100, 101, 102, 103])
+                for id: UInt64 in [100, 101, 102] {
+                    #expect(answers[id]?.rpcError?.code == .invalidArgument, "answer \(id): \(String(describing: answers[id]))")
+                }
+                let good = try #require(answers[103])
+                #expect(good.rpcError == nil)
+                guard case .attributes = try MetaReply(decoding: Array(good.reply)) else {
+                    Issue.record("getattr of the root on the stream: \(good)")
+                    return
+                }
+            }
             // A follower does not apply mutations: it answers unavailable with the leader's address.
             try await withStub(follower) { stub in
                 var request = Cairn_Meta_V1_ExecuteRequest()
@@ -73,6 +103,14 @@ import Testing
                     #expect(error.code == .unavailable)
                     #expect(error.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)
                 }
+                var streamed = Cairn_Meta_V1_ExecuteStreamRequest()
+                streamed.id = 7
+                streamed.command = request.command
+                let answer = try await stub.executeStream(requestProducer: { [streamed] in try await $0.write(streamed) },
+                                                          onResponse: { try await $0.messages.first(where: { _ in true }) })
+                #expect(answer?.id == 7)
+                #expect(answer?.rpcError?.code == .unavailable)
+                #expect(answer?.rpcError?.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)
             }
             // Namespace errors are errno replies: unknown inodes, impossible names.
             #expect(try await session.perform(.getattr(987_654), as: root) == .failure(.ENOENT))
