@@ -280,19 +280,5 @@ extension RaftRole {
 }
 
 extension Cairn_Meta_V1_ExecuteStreamRequest: PipelinedMessage {}
-
-extension Cairn_Meta_V1_ExecuteStreamResponse: PipelinedResponse {
-    public init(id: UInt64, error: RPCError) {
-        self.init()
-        self.id = id
-        let fields = error.pipelinedFields
-        self.error.code = fields.code
-        self.error.message = fields.message
-        self.error.leader = fields.leader
-    }
-
-    public var rpcError: RPCError? {
-        guard hasError else { return nil }
-        return RPCError(pipelinedCode: error.code, message: error.message, leader: error.leader)
-    }
-}
+extension Cairn_Meta_V1_ExecuteStreamResponse: PipelinedResponseWithError {}
+extension Cairn_Meta_V1_CallError: PipelinedCallError {}

@@ -121,19 +121,5 @@ extension KeyValueService {
 }
 
 extension Cairn_Kv_V1_PipelineRequest: PipelinedMessage {}
-
-extension Cairn_Kv_V1_PipelineResponse: PipelinedResponse {
-    public init(id: UInt64, error: RPCError) {
-        self.init()
-        self.id = id
-        let fields = error.pipelinedFields
-        self.error.code = fields.code
-        self.error.message = fields.message
-        self.error.leader = fields.leader
-    }
-
-    public var rpcError: RPCError? {
-        guard case .error(let error) = result else { return nil }
-        return RPCError(pipelinedCode: error.code, message: error.message, leader: error.leader)
-    }
-}
+extension Cairn_Kv_V1_PipelineResponse: PipelinedResponseWithError {}
+extension Cairn_Kv_V1_CallError: PipelinedCallError {}

@@ -229,24 +229,27 @@ public nonisolated struct Cairn_Kv_V1_PipelineResponse: Sendable {
     set {result = .get(newValue)}
   }
 
+  /// Set instead of a result when the call failed.
   public var error: Cairn_Kv_V1_CallError {
-    get {
-      if case .error(let v)? = result {return v}
-      return Cairn_Kv_V1_CallError()
-    }
-    set {result = .error(newValue)}
+    get {_error ?? Cairn_Kv_V1_CallError()}
+    set {_error = newValue}
   }
+  /// Returns true if `error` has been explicitly set.
+  public var hasError: Bool {self._error != nil}
+  /// Clears the value of `error`. Subsequent reads from it will return its default value.
+  public mutating func clearError() {self._error = nil}
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public nonisolated enum OneOf_Result: Equatable, Sendable {
     case put(Cairn_Kv_V1_PutResponse)
     case get(Cairn_Kv_V1_GetResponse)
-    case error(Cairn_Kv_V1_CallError)
 
   }
 
   public init() {}
+
+  fileprivate var _error: Cairn_Kv_V1_CallError? = nil
 }
 
 public nonisolated struct Cairn_Kv_V1_StatusRequest: Sendable {
@@ -651,19 +654,7 @@ nonisolated extension Cairn_Kv_V1_PipelineResponse: SwiftProtobuf.Message, Swift
           self.result = .get(v)
         }
       }()
-      case 4: try {
-        var v: Cairn_Kv_V1_CallError?
-        var hadOneofValue = false
-        if let current = self.result {
-          hadOneofValue = true
-          if case .error(let m) = current {v = m}
-        }
-        try decoder.decodeSingularMessageField(value: &v)
-        if let v = v {
-          if hadOneofValue {try decoder.handleConflictingOneOf()}
-          self.result = .error(v)
-        }
-      }()
+      case 4: try { try decoder.decodeSingularMessageField(value: &self._error) }()
       default: break
       }
     }
@@ -686,18 +677,18 @@ nonisolated extension Cairn_Kv_V1_PipelineResponse: SwiftProtobuf.Message, Swift
       guard case .get(let v)? = self.result else { preconditionFailure() }
       try visitor.visitSingularMessageField(value: v, fieldNumber: 3)
     }()
-    case .error?: try {
-      guard case .error(let v)? = self.result else { preconditionFailure() }
-      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
-    }()
     case nil: break
     }
+    try { if let v = self._error {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Cairn_Kv_V1_PipelineResponse, rhs: Cairn_Kv_V1_PipelineResponse) -> Bool {
     if lhs.id != rhs.id {return false}
     if lhs.result != rhs.result {return false}
+    if lhs._error != rhs._error {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
