@@ -58,7 +58,7 @@ public final class MetaClient: Sendable {
             let frozenOptions = options
             return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout) { requests, received in
                 try await stub.executeStream(options: frozenOptions, requestProducer: { writer in
-                    for await request in requests { try await writer.write(request) }
+                    try await requests.forEachBatch { try await writer.write(contentsOf: $0) }
                 }, onResponse: { responses in
                     for try await response in responses.messages { received(response) }
                 })

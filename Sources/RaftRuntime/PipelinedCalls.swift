@@ -58,6 +58,9 @@ extension PipelinedResponseWithError {
 /// call: a unary call costs a stream set-up and several thread hops on each side (0.35-0.85 ms
 /// here, FIELD-NOTES), a message on an open stream a few microseconds.
 public enum PipelinedCalls {
+    /// Most messages written with one flush.
+    public static let writeBatchMax = 256
+
     /// Serves one stream: each request is handed to `handle` as soon as it arrives, with at
     /// most `inflightMax` unanswered at once (the stream's flow control holds the client back
     /// beyond that); each answer is written when `handle` gives it, in any order.
@@ -74,21 +77,23 @@ public enum PipelinedCalls {
         until stopped: @escaping @Sendable () async -> Void,
         handle: @escaping @Sendable (Request, _ respond: @escaping @Sendable (Response) -> Void) -> Void
     ) async throws {
-        let (answers, answered) = AsyncStream.makeStream(of: Response.self)
+        // Answers wait here to be written, as many at a time as are ready (one flush each).
+        // Each holds a permit until written, so the queue never refuses one.
+        let answers = BatchQueue<Response>(elementsMax: inflightMax, batchWeightMax: writeBatchMax, drainsOnClose: true, weigh: { _ in 1 })
         let permits = AsyncSemaphore(limit: inflightMax)
         try await withThrowingTaskGroup(of: Void.self) { group in
             // The writer releases a permit per answer written (or skipped once the client is gone).
             group.addTask {
                 var writable = true
-                for await answer in answers {
+                await answers.forEachBatch { batch in
                     if writable {
                         do {
-                            try await responses.write(answer)
+                            try await responses.write(contentsOf: batch)
                         } catch {
                             writable = false
                         }
                     }
-                    permits.release()
+                    for _ in batch { permits.release() }
                 }
             }
             await withTaskGroup(of: Void.self) { reading in
@@ -96,7 +101,7 @@ public enum PipelinedCalls {
                     do {
                         for try await request in requests {
                             try await permits.acquire()
-                            handle(request) { answered.yield($0) }
+                            handle(request) { _ = answers.push($0) }
                         }
                     } catch {
                         // The client went away or the call was cancelled: answer what is in flight.
@@ -116,7 +121,7 @@ public enum PipelinedCalls {
                     break
                 }
             }
-            answered.finish()
+            answers.close()
             try await group.waitForAll()
         }
     }
@@ -128,9 +133,9 @@ public enum PipelinedCalls {
 /// (`LeaderFollower` then retries it, like a failed unary call). A call unanswered after
 /// `callTimeout` fails with `deadlineExceeded` (checked every `callTimeout / 4`, at most a second).
 public final class PipelinedClient<Request: PipelinedMessage, Response: PipelinedResponse>: Sendable {
-    /// Runs one stream: sends `requests` until that sequence ends, handing each response to
-    /// `received`; returns when the server ends the stream.
-    public typealias Open = @Sendable (_ requests: AsyncStream<Request>, _ received: @escaping @Sendable (Response) -> Void) async throws -> Void
+    /// Runs one stream: sends the batches of `requests` (each with one flush) until the queue
+    /// is closed, handing each response to `received`; returns when the server ends the stream.
+    public typealias Open = @Sendable (_ requests: BatchQueue<Request>, _ received: @escaping @Sendable (Response) -> Void) async throws -> Void
 
     private struct Waiting {
         var generation: UInt64
@@ -140,7 +145,7 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
 
     private struct State {
         var generation: UInt64 = 0
-        var outbound: AsyncStream<Request>.Continuation?
+        var outbound: BatchQueue<Request>?
         var waiting: [UInt64: Waiting] = [:]
         var nextID: UInt64 = 1
         var closed = false
@@ -174,7 +179,7 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
             }
             var request = request
             request.id = id
-            outbound.yield(request)
+            _ = outbound.push(request)
         }
         if let error = response.rpcError { throw error }
         return response
@@ -183,15 +188,16 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
     /// Records a waiting call: its id, the stream to send it on (nil once closed), and the
     /// stream to start if none is open.
     private func register(_ continuation: CheckedContinuation<Response, any Error>)
-        -> (AsyncStream<Request>.Continuation?, UInt64, (generation: UInt64, requests: AsyncStream<Request>)?) {
+        -> (BatchQueue<Request>?, UInt64, (generation: UInt64, requests: BatchQueue<Request>)?) {
         state.withLock { s in
             guard !s.closed else { return (nil, 0, nil) }
-            var start: (generation: UInt64, requests: AsyncStream<Request>)?
+            var start: (generation: UInt64, requests: BatchQueue<Request>)?
             if s.outbound == nil {
-                let (stream, outbound) = AsyncStream.makeStream(of: Request.self)
+                let outbound = BatchQueue<Request>(elementsMax: permits.limit, batchWeightMax: PipelinedCalls.writeBatchMax,
+                                                   drainsOnClose: true, weigh: { _ in 1 })
                 s.generation += 1
                 s.outbound = outbound
-                start = (s.generation, stream)
+                start = (s.generation, outbound)
             }
             let id = s.nextID
             s.nextID += 1
@@ -202,14 +208,14 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
 
     /// Ends the stream once the calls in flight are answered; later calls fail.
     public func close() {
-        let outbound = state.withLock { s -> AsyncStream<Request>.Continuation? in
+        let outbound = state.withLock { s -> BatchQueue<Request>? in
             s.closed = true
             return s.outbound
         }
-        outbound?.finish()
+        outbound?.close()
     }
 
-    private func run(generation: UInt64, requests: AsyncStream<Request>) async {
+    private func run(generation: UInt64, requests: BatchQueue<Request>) async {
         var failure: any Error = RPCError(code: .unavailable, message: "the server ended the stream")
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
@@ -226,8 +232,8 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
         } catch {
             failure = error
         }
-        let (outbound, failed) = state.withLock { s -> (AsyncStream<Request>.Continuation?, [Waiting]) in
-            var outbound: AsyncStream<Request>.Continuation?
+        let (outbound, failed) = state.withLock { s -> (BatchQueue<Request>?, [Waiting]) in
+            var outbound: BatchQueue<Request>?
             if s.generation == generation {
                 outbound = s.outbound
                 s.outbound = nil
@@ -236,7 +242,7 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
             for id in failed.keys { s.waiting.removeValue(forKey: id) }
             return (outbound, Array(failed.values))
         }
-        outbound?.finish()
+        outbound?.close()
         for waiting in failed { waiting.continuation.resume(throwing: failure) }
     }
 

@@ -7,7 +7,7 @@ import RaftCore
 import Synchronization
 
 /// Raft peer traffic over gRPC: one long-lived client stream (`RaftPeer.Deliver`) from this node
-/// to each peer, fed by a bounded `PeerQueue`; and the service that receives such streams and
+/// to each peer, fed by a bounded `BatchQueue`; and the service that receives such streams and
 /// hands each message to the local Raft thread.
 final class RaftTransport: Sendable {
     let id: NodeID
@@ -55,7 +55,8 @@ final class RaftTransport: Sendable {
             let old = s.senders.removeValue(forKey: peer)
             guard let address, !s.stopped else { return (old, nil) }
             let sender = PeerSender(from: id, to: peer, address: address,
-                                    queue: PeerQueue(messagesMax: queueMessagesMax, batchBytesMax: batchBytesMax), logger: logger)
+                                    queue: BatchQueue(elementsMax: queueMessagesMax, batchWeightMax: batchBytesMax, drainsOnClose: false, weigh: \.count),
+                                    logger: logger)
             s.senders[peer] = sender
             return (old, sender)
         }
@@ -155,12 +156,12 @@ final class PeerSender: Sendable {
     let from: NodeID
     let to: NodeID
     let address: HostPort
-    let queue: PeerQueue
+    let queue: BatchQueue<[UInt8]>
     private let logger: Logger
     static let backoffMin: Duration = .milliseconds(20)
     static let backoffMax: Duration = .seconds(1)
 
-    init(from: NodeID, to: NodeID, address: HostPort, queue: PeerQueue, logger: Logger) {
+    init(from: NodeID, to: NodeID, address: HostPort, queue: BatchQueue<[UInt8]>, logger: Logger) {
         self.from = from
         self.to = to
         self.address = address

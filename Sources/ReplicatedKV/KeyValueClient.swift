@@ -36,7 +36,7 @@ public final class KeyValueClient: Sendable {
             let stub = Stub(wrapping: client)
             return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10)) { requests, received in
                 try await stub.pipeline(requestProducer: { writer in
-                    for await request in requests { try await writer.write(request) }
+                    try await requests.forEachBatch { try await writer.write(contentsOf: $0) }
                 }, onResponse: { responses in
                     for try await response in responses.messages { received(response) }
                 })

@@ -28,13 +28,18 @@ import Testing
         var rpcError: RPCError? { error }
     }
 
+    final class Flag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
     @Test func answersInAnyOrderReachTheirOwnCallers() async throws {
         // The server holds requests until it has 8, then answers them in reverse order, odd ones as errors.
         let client = PipelinedClient<Request, Response>(inflightMax: 16, callTimeout: .seconds(30)) { requests, received in
             var held: [Request] = []
-            for await request in requests {
-                held.append(request)
-                if held.count == 8 {
+            await requests.forEachBatch { batch in
+                for request in batch {
+                    held.append(request)
+                    guard held.count == 8 else { continue }
                     for r in held.reversed() {
                         received(r.value % 2 == 0 ? Response(id: r.id, value: r.value * 10)
                                                   : Response(id: r.id, error: RPCError(code: .aborted, message: "odd \(r.value)")))
@@ -70,10 +75,12 @@ import Testing
         let client = PipelinedClient<Request, Response>(inflightMax: 4, callTimeout: .seconds(30)) { requests, received in
             let stream = opened.add(1, ordering: .relaxed).newValue
             var seen = 0
-            for await request in requests {
-                seen += 1
-                if stream == 1 && seen == 2 { throw RPCError(code: .unavailable, message: "connection reset") }
-                received(Response(id: request.id, value: request.value + 1))
+            try await requests.forEachBatch { batch in
+                for request in batch {
+                    seen += 1
+                    if stream == 1 && seen == 2 { throw RPCError(code: .unavailable, message: "connection reset") }
+                    received(Response(id: request.id, value: request.value + 1))
+                }
             }
         }
         #expect(try await client.call(Request(value: 1)).value == 2)
@@ -94,10 +101,46 @@ import Testing
         }
     }
 
+    @Test func aStreamWhoseResponsesFailWhileItsSenderWaitsEndsAtOnce() async throws {
+        // As gRPC runs a stream: the sender waits for requests while the response side reads;
+        // when the connection dies the response side fails and the sender is cancelled. The
+        // stream must end then (not when the next request would wake the sender), so the next
+        // call opens a new stream instead of going into the dead one.
+        let opened = Atomic<Int>(0)
+        let client = PipelinedClient<Request, Response>(inflightMax: 4, callTimeout: .seconds(20)) { requests, received in
+            let stream = opened.add(1, ordering: .relaxed).newValue
+            let dead = Flag()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    await requests.forEachBatch { batch in
+                        for request in batch where !dead.value.load(ordering: .relaxed) {
+                            received(Response(id: request.id, value: request.value + 100 * stream))
+                        }
+                    }
+                }
+                group.addTask {
+                    guard stream == 1 else { return try await Task.sleep(for: .seconds(3600)) }
+                    try await Task.sleep(for: .milliseconds(100))
+                    dead.value.store(true, ordering: .relaxed)
+                    throw RPCError(code: .unavailable, message: "connection reset")
+                }
+                defer { group.cancelAll() }
+                try await group.next()
+            }
+        }
+        #expect(try await client.call(Request(value: 1)).value == 101)
+        try await Task.sleep(for: .milliseconds(400))
+        let clock = ContinuousClock()
+        let start = clock.now
+        #expect(try await client.call(Request(value: 2)).value == 202)
+        #expect(clock.now - start < .seconds(5))
+        client.close()
+    }
+
     @Test func anUnansweredCallTimesOut() async throws {
         let client = PipelinedClient<Request, Response>(inflightMax: 4, callTimeout: .milliseconds(200)) { requests, received in
-            for await request in requests where request.value != 0 {
-                received(Response(id: request.id, value: request.value))
+            await requests.forEachBatch { batch in
+                for request in batch where request.value != 0 { received(Response(id: request.id, value: request.value)) }
             }
         }
         let clock = ContinuousClock()
