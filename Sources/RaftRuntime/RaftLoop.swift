@@ -179,11 +179,13 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         }
     }
 
-    /// Starts one ReadIndex round for every read this drain of the inbox collected: they all
-    /// wait for the same index (a read may not be served from before it arrived, and each of
-    /// these arrived before the round began).
+    /// Starts one ReadIndex round for every read collected since the last round began: they
+    /// all wait for the same index (a read may not be served from before it arrived, and each
+    /// of these arrived before the round began). At most one round is in flight: reads that
+    /// arrive meanwhile join the next, started when it ends — under load one heartbeat round
+    /// serves many reads, instead of one round each.
     private func readBatched(now: ContinuousClock.Instant) {
-        guard !readBatch.isEmpty else { return }
+        guard !readBatch.isEmpty, readsWaitingForIndex.isEmpty else { return }
         defer { readBatch.removeAll(keepingCapacity: true) }
         let serial = nextSerial
         nextSerial += 1
@@ -289,6 +291,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             }
             node.advance(ready)
             for peer in unreachable { node.reportUnreachable(peer) }
+            // A finished ReadIndex round lets the reads that waited for it start the next.
+            if !ready.readStates.isEmpty { readBatched(now: .now) }
             serveReads()
             try maybeSnapshot()
         }
