@@ -16,7 +16,7 @@ public final class MetaClient: Sendable {
     /// One replica: its stub, and the `ExecuteStream` that namespace operations travel on.
     struct Endpoint: Sendable {
         let stub: Stub
-        let stream: PipelinedClient<Cairn_Meta_V1_ExecuteStreamRequest, Cairn_Meta_V1_ExecuteStreamResponse>
+        let stream: PipelinedClient<Cairn_Meta_V1_ExecuteCall, Cairn_Meta_V1_ExecuteAnswer>
     }
 
     public let servers: [HostPort]
@@ -58,9 +58,15 @@ public final class MetaClient: Sendable {
             let frozenOptions = options
             return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout) { requests, received in
                 try await stub.executeStream(options: frozenOptions, requestProducer: { writer in
-                    try await requests.forEachBatch { try await writer.write(contentsOf: $0) }
+                    try await requests.forEachBatch { batch in
+                        var message = Cairn_Meta_V1_ExecuteStreamRequest()
+                        message.items = batch
+                        try await writer.write(message)
+                    }
                 }, onResponse: { responses in
-                    for try await response in responses.messages { received(response) }
+                    for try await message in responses.messages {
+                        for answer in message.items { received(answer) }
+                    }
                 })
             })
         }
@@ -89,7 +95,7 @@ public final class MetaClient: Sendable {
     ///   `.invalidArgument` when the service refused the request, `.protocolViolation` for an
     ///   undecodable reply.
     public func execute(_ command: MetaCommand) async throws(CairnError) -> MetaReply {
-        var request = Cairn_Meta_V1_ExecuteStreamRequest()
+        var request = Cairn_Meta_V1_ExecuteCall()
         request.command = Data(command.encoded())
         let response = try await call { try await $0.stream.call(request) }
         do {

@@ -51,7 +51,7 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
             execute(request.command) { result in
                 switch result {
                 case .success((let reply, let index)):
-                    var answer = Cairn_Meta_V1_ExecuteStreamResponse()
+                    var answer = Cairn_Meta_V1_ExecuteAnswer()
                     answer.id = id
                     answer.reply = Data(reply)
                     answer.index = index
@@ -279,6 +279,15 @@ extension RaftRole {
     }
 }
 
-extension Cairn_Meta_V1_ExecuteStreamRequest: PipelinedMessage {}
-extension Cairn_Meta_V1_ExecuteStreamResponse: PipelinedResponseWithError {}
+extension Cairn_Meta_V1_ExecuteCall: PipelinedMessage {
+    public var wireBytes: Int { command.count + 16 }
+}
+
+extension Cairn_Meta_V1_ExecuteAnswer: PipelinedResponseWithError {
+    public var wireBytes: Int { reply.count + error.message.utf8.count + 32 }
+}
+
 extension Cairn_Meta_V1_CallError: PipelinedCallError {}
+
+extension Cairn_Meta_V1_ExecuteStreamRequest: PipelinedBatch {}
+extension Cairn_Meta_V1_ExecuteStreamResponse: PipelinedBatch {}

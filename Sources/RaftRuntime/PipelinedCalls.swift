@@ -2,10 +2,19 @@ import CairnCore
 import GRPCCore
 import Synchronization
 
-/// A message of a pipelined stream: every request carries an id chosen by the client, and its
-/// response carries the same id (responses come back in the order calls finish).
+/// A call or an answer of a pipelined stream: every call carries an id chosen by the client,
+/// and its answer the same id (answers come back in the order calls finish).
 public protocol PipelinedMessage: Sendable {
     var id: UInt64 { get set }
+    /// About how many bytes it takes on the wire (to bound the messages that carry batches).
+    var wireBytes: Int { get }
+}
+
+/// One message of a pipelined stream: as many calls (or answers) as were ready at once.
+public protocol PipelinedBatch: Sendable {
+    associatedtype Item: PipelinedMessage
+    init()
+    var items: [Item] { get set }
 }
 
 /// A response of a pipelined stream: a result, or the error a unary call would have thrown
@@ -58,8 +67,9 @@ extension PipelinedResponseWithError {
 /// call: a unary call costs a stream set-up and several thread hops on each side (0.35-0.85 ms
 /// here, FIELD-NOTES), a message on an open stream a few microseconds.
 public enum PipelinedCalls {
-    /// Most messages written with one flush.
-    public static let writeBatchMax = 256
+    /// Calls or answers are gathered into one message up to about this many bytes (a single
+    /// larger one travels alone).
+    public static let messageBytesMax = 1 << 20
 
     /// Serves one stream: each request is handed to `handle` as soon as it arrives, with at
     /// most `inflightMax` unanswered at once (the stream's flow control holds the client back
@@ -70,16 +80,19 @@ public enum PipelinedCalls {
     ///
     /// - Parameter handle: called on the reading task; it must not block, and must call its
     ///   `respond` argument exactly once, from any thread.
-    public static func serve<Request: Sendable, Response: PipelinedResponse>(
+    ///
+    /// Calls may come several to a message; answers go out as many to a message as are ready.
+    public static func serve<Request: PipelinedBatch, Response: PipelinedBatch>(
         requests: RPCAsyncSequence<Request, any Error>,
         responses: RPCWriter<Response>,
         inflightMax: Int,
         until stopped: @escaping @Sendable () async -> Void,
-        handle: @escaping @Sendable (Request, _ respond: @escaping @Sendable (Response) -> Void) -> Void
-    ) async throws {
-        // Answers wait here to be written, as many at a time as are ready (one flush each).
-        // Each holds a permit until written, so the queue never refuses one.
-        let answers = BatchQueue<Response>(elementsMax: inflightMax, batchWeightMax: writeBatchMax, drainsOnClose: true, weigh: { _ in 1 })
+        handle: @escaping @Sendable (Request.Item, _ respond: @escaping @Sendable (Response.Item) -> Void) -> Void
+    ) async throws where Response.Item: PipelinedResponse {
+        // Answers wait here to be written, as many at a time as are ready (one message, one
+        // flush). Each holds a permit until written, so the queue never refuses one.
+        let answers = BatchQueue<Response.Item>(elementsMax: inflightMax, batchWeightMax: messageBytesMax, drainsOnClose: true,
+                                                weigh: { $0.wireBytes })
         let permits = AsyncSemaphore(limit: inflightMax)
         try await withThrowingTaskGroup(of: Void.self) { group in
             // The writer releases a permit per answer written (or skipped once the client is gone).
@@ -87,8 +100,10 @@ public enum PipelinedCalls {
                 var writable = true
                 await answers.forEachBatch { batch in
                     if writable {
+                        var message = Response()
+                        message.items = batch
                         do {
-                            try await responses.write(contentsOf: batch)
+                            try await responses.write(message)
                         } catch {
                             writable = false
                         }
@@ -100,8 +115,10 @@ public enum PipelinedCalls {
                 reading.addTask {
                     do {
                         for try await request in requests {
-                            try await permits.acquire()
-                            handle(request) { _ = answers.push($0) }
+                            for call in request.items {
+                                try await permits.acquire()
+                                handle(call) { _ = answers.push($0) }
+                            }
                         }
                     } catch {
                         // The client went away or the call was cancelled: answer what is in flight.
@@ -133,8 +150,8 @@ public enum PipelinedCalls {
 /// (`LeaderFollower` then retries it, like a failed unary call). A call unanswered after
 /// `callTimeout` fails with `deadlineExceeded` (checked every `callTimeout / 4`, at most a second).
 public final class PipelinedClient<Request: PipelinedMessage, Response: PipelinedResponse>: Sendable {
-    /// Runs one stream: sends the batches of `requests` (each with one flush) until the queue
-    /// is closed, handing each response to `received`; returns when the server ends the stream.
+    /// Runs one stream: sends the batches of `requests` (each as one message) until the queue
+    /// is closed, handing each answer to `received`; returns when the server ends the stream.
     public typealias Open = @Sendable (_ requests: BatchQueue<Request>, _ received: @escaping @Sendable (Response) -> Void) async throws -> Void
 
     private struct Waiting {
@@ -193,8 +210,8 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
             guard !s.closed else { return (nil, 0, nil) }
             var start: (generation: UInt64, requests: BatchQueue<Request>)?
             if s.outbound == nil {
-                let outbound = BatchQueue<Request>(elementsMax: permits.limit, batchWeightMax: PipelinedCalls.writeBatchMax,
-                                                   drainsOnClose: true, weigh: { _ in 1 })
+                let outbound = BatchQueue<Request>(elementsMax: permits.limit, batchWeightMax: PipelinedCalls.messageBytesMax,
+                                                   drainsOnClose: true, weigh: { $0.wireBytes })
                 s.generation += 1
                 s.outbound = outbound
                 start = (s.generation, outbound)

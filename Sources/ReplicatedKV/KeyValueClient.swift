@@ -11,7 +11,7 @@ public final class KeyValueClient: Sendable {
     /// One server: its stub, and the pipelined stream that puts and gets travel on.
     struct Endpoint: Sendable {
         let stub: Stub
-        let pipeline: PipelinedClient<Cairn_Kv_V1_PipelineRequest, Cairn_Kv_V1_PipelineResponse>
+        let pipeline: PipelinedClient<Cairn_Kv_V1_PipelineCall, Cairn_Kv_V1_PipelineAnswer>
     }
 
     public let servers: [HostPort]
@@ -36,9 +36,15 @@ public final class KeyValueClient: Sendable {
             let stub = Stub(wrapping: client)
             return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10)) { requests, received in
                 try await stub.pipeline(requestProducer: { writer in
-                    try await requests.forEachBatch { try await writer.write(contentsOf: $0) }
+                    try await requests.forEachBatch { batch in
+                        var message = Cairn_Kv_V1_PipelineRequest()
+                        message.items = batch
+                        try await writer.write(message)
+                    }
                 }, onResponse: { responses in
-                    for try await response in responses.messages { received(response) }
+                    for try await message in responses.messages {
+                        for answer in message.items { received(answer) }
+                    }
                 })
             })
         }
@@ -55,7 +61,7 @@ public final class KeyValueClient: Sendable {
 
     /// Writes `value` under `key`; returns the log index it was applied at.
     public func put(_ key: [UInt8], _ value: [UInt8]) async throws -> UInt64 {
-        var request = Cairn_Kv_V1_PipelineRequest()
+        var request = Cairn_Kv_V1_PipelineCall()
         request.put.key = Data(key)
         request.put.value = Data(value)
         return try await leader.call { try await $0.pipeline.call(request).put.index }
@@ -63,7 +69,7 @@ public final class KeyValueClient: Sendable {
 
     /// Reads `key` linearizably.
     public func get(_ key: [UInt8]) async throws -> [UInt8]? {
-        var request = Cairn_Kv_V1_PipelineRequest()
+        var request = Cairn_Kv_V1_PipelineCall()
         request.get.key = Data(key)
         let response = try await leader.call { try await $0.pipeline.call(request).get }
         return response.found ? Array(response.value) : nil

@@ -53,7 +53,7 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
                 node.propose(KeyValueMachine.putCommand(key: Array(put.key), value: Array(put.value))) { result in
                     switch result {
                     case .success((_, let index)):
-                        var answer = Cairn_Kv_V1_PipelineResponse()
+                        var answer = Cairn_Kv_V1_PipelineAnswer()
                         answer.id = id
                         answer.put.index = index
                         respond(answer)
@@ -66,7 +66,7 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
                 node.read({ $0.values[key] }) { result in
                     switch result {
                     case .success(let value):
-                        var answer = Cairn_Kv_V1_PipelineResponse()
+                        var answer = Cairn_Kv_V1_PipelineAnswer()
                         answer.id = id
                         answer.get.found = value != nil
                         answer.get.value = Data(value ?? [])
@@ -120,6 +120,15 @@ extension KeyValueService {
     }
 }
 
-extension Cairn_Kv_V1_PipelineRequest: PipelinedMessage {}
-extension Cairn_Kv_V1_PipelineResponse: PipelinedResponseWithError {}
+extension Cairn_Kv_V1_PipelineCall: PipelinedMessage {
+    public var wireBytes: Int { put.key.count + put.value.count + self.get.key.count + 16 }
+}
+
+extension Cairn_Kv_V1_PipelineAnswer: PipelinedResponseWithError {
+    public var wireBytes: Int { self.get.value.count + error.message.utf8.count + 32 }
+}
+
 extension Cairn_Kv_V1_CallError: PipelinedCallError {}
+
+extension Cairn_Kv_V1_PipelineRequest: PipelinedBatch {}
+extension Cairn_Kv_V1_PipelineResponse: PipelinedBatch {}

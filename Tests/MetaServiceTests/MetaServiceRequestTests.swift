@@ -70,15 +70,23 @@ import Testing
                                            [UInt8](repeating: 0x61, count: 5 << 20),
                                            MetaCommand(now: .zero, operation: .getattr(rootInode)).encoded()]
                 let answers = try await stub.executeStream(requestProducer: { writer in
+                    // The first two in one message, the others one message each.
+                    var message = Cairn_Meta_V1_ExecuteStreamRequest()
                     for (i, command) in commands.enumerated() {
-                        var request = Cairn_Meta_V1_ExecuteStreamRequest()
-                        request.id = UInt64(100 + i)
-                        request.command = Data(command)
-                        try await writer.write(request)
+                        var call = Cairn_Meta_V1_ExecuteCall()
+                        call.id = UInt64(100 + i)
+                        call.command = Data(command)
+                        message.items.append(call)
+                        if i >= 1 {
+                            try await writer.write(message)
+                            message.items = []
+                        }
                     }
                 }, onResponse: { response in
-                    var answers: [UInt64: Cairn_Meta_V1_ExecuteStreamResponse] = [:]
-                    for try await answer in response.messages { answers[answer.id] = answer }
+                    var answers: [UInt64: Cairn_Meta_V1_ExecuteAnswer] = [:]
+                    for try await message in response.messages {
+                        for answer in message.items { answers[answer.id] = answer }
+                    }
                     return answers
                 })
                 #expect(answers.keys.sorted() == [100, 101, 102, 103])
@@ -104,10 +112,9 @@ import Testing
                     #expect(error.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)
                 }
                 var streamed = Cairn_Meta_V1_ExecuteStreamRequest()
-                streamed.id = 7
-                streamed.command = request.command
+                streamed.items = [Cairn_Meta_V1_ExecuteCall.with { $0.id = 7; $0.command = request.command }]
                 let answer = try await stub.executeStream(requestProducer: { [streamed] in try await $0.write(streamed) },
-                                                          onResponse: { try await $0.messages.first(where: { _ in true }) })
+                                                          onResponse: { try await $0.messages.first(where: { _ in true })?.items.first })
                 #expect(answer?.id == 7)
                 #expect(answer?.rpcError?.code == .unavailable)
                 #expect(answer?.rpcError?.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)

@@ -10,6 +10,7 @@ import Testing
     struct Request: PipelinedMessage {
         var id: UInt64 = 0
         var value: Int
+        var wireBytes: Int { 16 }
     }
 
     struct Response: PipelinedResponse {
@@ -26,6 +27,7 @@ import Testing
             self.error = error
         }
         var rpcError: RPCError? { error }
+        var wireBytes: Int { 16 }
     }
 
     final class Flag: Sendable {

@@ -179,9 +179,10 @@ extension Cairn_Meta_V1_Meta {
         /// > Source IDL Documentation:
         /// >
         /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each request carries an id the client chooses; its response carries the same
-        /// > id and comes back when the operation finishes (in any order). An operation the unary
-        /// > call would fail has `error` set instead.
+        /// > the leader). Each message carries every call the client had ready (at least one), each
+        /// > call an id the client chooses; answers come back with the same ids as operations finish
+        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+        /// > has `error` set instead.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Cairn_Meta_V1_ExecuteStreamRequest` messages.
@@ -322,9 +323,10 @@ extension Cairn_Meta_V1_Meta {
         /// > Source IDL Documentation:
         /// >
         /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each request carries an id the client chooses; its response carries the same
-        /// > id and comes back when the operation finishes (in any order). An operation the unary
-        /// > call would fail has `error` set instead.
+        /// > the leader). Each message carries every call the client had ready (at least one), each
+        /// > call an id the client chooses; answers come back with the same ids as operations finish
+        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+        /// > has `error` set instead.
         ///
         /// - Parameters:
         ///   - request: A streaming request of `Cairn_Meta_V1_ExecuteStreamRequest` messages.
@@ -463,9 +465,10 @@ extension Cairn_Meta_V1_Meta {
         /// > Source IDL Documentation:
         /// >
         /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each request carries an id the client chooses; its response carries the same
-        /// > id and comes back when the operation finishes (in any order). An operation the unary
-        /// > call would fail has `error` set instead.
+        /// > the leader). Each message carries every call the client had ready (at least one), each
+        /// > call an id the client chooses; answers come back with the same ids as operations finish
+        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+        /// > has `error` set instead.
         ///
         /// - Parameters:
         ///   - request: A stream of `Cairn_Meta_V1_ExecuteStreamRequest` messages.
@@ -867,9 +870,10 @@ extension Cairn_Meta_V1_Meta {
         /// > Source IDL Documentation:
         /// >
         /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each request carries an id the client chooses; its response carries the same
-        /// > id and comes back when the operation finishes (in any order). An operation the unary
-        /// > call would fail has `error` set instead.
+        /// > the leader). Each message carries every call the client had ready (at least one), each
+        /// > call an id the client chooses; answers come back with the same ids as operations finish
+        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+        /// > has `error` set instead.
         ///
         /// - Parameters:
         ///   - request: A streaming request producing `Cairn_Meta_V1_ExecuteStreamRequest` messages.
@@ -1064,9 +1068,10 @@ extension Cairn_Meta_V1_Meta {
         /// > Source IDL Documentation:
         /// >
         /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each request carries an id the client chooses; its response carries the same
-        /// > id and comes back when the operation finishes (in any order). An operation the unary
-        /// > call would fail has `error` set instead.
+        /// > the leader). Each message carries every call the client had ready (at least one), each
+        /// > call an id the client chooses; answers come back with the same ids as operations finish
+        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+        /// > has `error` set instead.
         ///
         /// - Parameters:
         ///   - request: A streaming request producing `Cairn_Meta_V1_ExecuteStreamRequest` messages.
@@ -1308,9 +1313,10 @@ extension Cairn_Meta_V1_Meta.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-    /// > the leader). Each request carries an id the client chooses; its response carries the same
-    /// > id and comes back when the operation finishes (in any order). An operation the unary
-    /// > call would fail has `error` set instead.
+    /// > the leader). Each message carries every call the client had ready (at least one), each
+    /// > call an id the client chooses; answers come back with the same ids as operations finish
+    /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+    /// > has `error` set instead.
     ///
     /// - Parameters:
     ///   - request: A streaming request producing `Cairn_Meta_V1_ExecuteStreamRequest` messages.
@@ -1525,9 +1531,10 @@ extension Cairn_Meta_V1_Meta.ClientProtocol {
     /// > Source IDL Documentation:
     /// >
     /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-    /// > the leader). Each request carries an id the client chooses; its response carries the same
-    /// > id and comes back when the operation finishes (in any order). An operation the unary
-    /// > call would fail has `error` set instead.
+    /// > the leader). Each message carries every call the client had ready (at least one), each
+    /// > call an id the client chooses; answers come back with the same ids as operations finish
+    /// > (in any order), as many per message as were ready. A call the unary Execute would fail
+    /// > has `error` set instead.
     ///
     /// - Parameters:
     ///   - metadata: Additional metadata to send, defaults to empty.

@@ -84,6 +84,18 @@ public nonisolated struct Cairn_Meta_V1_ExecuteStreamRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  public var items: [Cairn_Meta_V1_ExecuteCall] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cairn_Meta_V1_ExecuteCall: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
   public var id: UInt64 = 0
 
   /// As in ExecuteRequest.
@@ -117,12 +129,25 @@ public nonisolated struct Cairn_Meta_V1_ExecuteStreamResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  public var items: [Cairn_Meta_V1_ExecuteAnswer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cairn_Meta_V1_ExecuteAnswer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
   public var id: UInt64 = 0
 
   public var reply: Data = Data()
 
   public var index: UInt64 = 0
 
+  /// Set instead of reply and index when the call failed.
   public var error: Cairn_Meta_V1_CallError {
     get {_error ?? Cairn_Meta_V1_CallError()}
     set {_error = newValue}
@@ -515,6 +540,36 @@ nonisolated extension Cairn_Meta_V1_ExecuteResponse: SwiftProtobuf.Message, Swif
 
 nonisolated extension Cairn_Meta_V1_ExecuteStreamRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteStreamRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cairn_Meta_V1_ExecuteStreamRequest, rhs: Cairn_Meta_V1_ExecuteStreamRequest) -> Bool {
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cairn_Meta_V1_ExecuteCall: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExecuteCall"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}command\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -540,7 +595,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteStreamRequest: SwiftProtobuf.Message,
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cairn_Meta_V1_ExecuteStreamRequest, rhs: Cairn_Meta_V1_ExecuteStreamRequest) -> Bool {
+  public static func ==(lhs: Cairn_Meta_V1_ExecuteCall, rhs: Cairn_Meta_V1_ExecuteCall) -> Bool {
     if lhs.id != rhs.id {return false}
     if lhs.command != rhs.command {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
@@ -590,6 +645,36 @@ nonisolated extension Cairn_Meta_V1_CallError: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Cairn_Meta_V1_ExecuteStreamResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteStreamResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cairn_Meta_V1_ExecuteStreamResponse, rhs: Cairn_Meta_V1_ExecuteStreamResponse) -> Bool {
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cairn_Meta_V1_ExecuteAnswer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ExecuteAnswer"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}reply\0\u{1}index\0\u{1}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -627,7 +712,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteStreamResponse: SwiftProtobuf.Message
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cairn_Meta_V1_ExecuteStreamResponse, rhs: Cairn_Meta_V1_ExecuteStreamResponse) -> Bool {
+  public static func ==(lhs: Cairn_Meta_V1_ExecuteAnswer, rhs: Cairn_Meta_V1_ExecuteAnswer) -> Bool {
     if lhs.id != rhs.id {return false}
     if lhs.reply != rhs.reply {return false}
     if lhs.index != rhs.index {return false}

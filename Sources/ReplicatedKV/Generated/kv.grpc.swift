@@ -161,8 +161,9 @@ extension Cairn_Kv_V1_KeyValue {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-        /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+        /// > client had ready, each call an id the client chooses; answers come back with the same ids
+        /// > in the order the calls finish, as many per message as were ready. A call the unary form
         /// > would fail has `error` set instead.
         ///
         /// - Parameters:
@@ -262,8 +263,9 @@ extension Cairn_Kv_V1_KeyValue {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-        /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+        /// > client had ready, each call an id the client chooses; answers come back with the same ids
+        /// > in the order the calls finish, as many per message as were ready. A call the unary form
         /// > would fail has `error` set instead.
         ///
         /// - Parameters:
@@ -361,8 +363,9 @@ extension Cairn_Kv_V1_KeyValue {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-        /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+        /// > client had ready, each call an id the client chooses; answers come back with the same ids
+        /// > in the order the calls finish, as many per message as were ready. A call the unary form
         /// > would fail has `error` set instead.
         ///
         /// - Parameters:
@@ -658,8 +661,9 @@ extension Cairn_Kv_V1_KeyValue {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-        /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+        /// > client had ready, each call an id the client chooses; answers come back with the same ids
+        /// > in the order the calls finish, as many per message as were ready. A call the unary form
         /// > would fail has `error` set instead.
         ///
         /// - Parameters:
@@ -814,8 +818,9 @@ extension Cairn_Kv_V1_KeyValue {
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-        /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+        /// > client had ready, each call an id the client chooses; answers come back with the same ids
+        /// > in the order the calls finish, as many per message as were ready. A call the unary form
         /// > would fail has `error` set instead.
         ///
         /// - Parameters:
@@ -979,8 +984,9 @@ extension Cairn_Kv_V1_KeyValue.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-    /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+    /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+    /// > client had ready, each call an id the client chooses; answers come back with the same ids
+    /// > in the order the calls finish, as many per message as were ready. A call the unary form
     /// > would fail has `error` set instead.
     ///
     /// - Parameters:
@@ -1136,8 +1142,9 @@ extension Cairn_Kv_V1_KeyValue.ClientProtocol {
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Puts and gets pipelined on one long-lived stream: each request carries an id the client
-    /// > chooses, its response the same id, in the order the calls finish. A call the unary form
+    /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
+    /// > client had ready, each call an id the client chooses; answers come back with the same ids
+    /// > in the order the calls finish, as many per message as were ready. A call the unary form
     /// > would fail has `error` set instead.
     ///
     /// - Parameters:

@@ -155,9 +155,21 @@ public nonisolated struct Cairn_Kv_V1_PipelineRequest: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  public var items: [Cairn_Kv_V1_PipelineCall] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cairn_Kv_V1_PipelineCall: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
   public var id: UInt64 = 0
 
-  public var call: Cairn_Kv_V1_PipelineRequest.OneOf_Call? = nil
+  public var call: Cairn_Kv_V1_PipelineCall.OneOf_Call? = nil
 
   public var put: Cairn_Kv_V1_PutRequest {
     get {
@@ -209,9 +221,21 @@ public nonisolated struct Cairn_Kv_V1_PipelineResponse: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  public var items: [Cairn_Kv_V1_PipelineAnswer] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Cairn_Kv_V1_PipelineAnswer: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
   public var id: UInt64 = 0
 
-  public var result: Cairn_Kv_V1_PipelineResponse.OneOf_Result? = nil
+  public var result: Cairn_Kv_V1_PipelineAnswer.OneOf_Result? = nil
 
   public var put: Cairn_Kv_V1_PutResponse {
     get {
@@ -507,6 +531,36 @@ nonisolated extension Cairn_Kv_V1_GetResponse: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Cairn_Kv_V1_PipelineRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PipelineRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cairn_Kv_V1_PipelineRequest, rhs: Cairn_Kv_V1_PipelineRequest) -> Bool {
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cairn_Kv_V1_PipelineCall: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PipelineCall"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}put\0\u{1}get\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -569,7 +623,7 @@ nonisolated extension Cairn_Kv_V1_PipelineRequest: SwiftProtobuf.Message, SwiftP
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cairn_Kv_V1_PipelineRequest, rhs: Cairn_Kv_V1_PipelineRequest) -> Bool {
+  public static func ==(lhs: Cairn_Kv_V1_PipelineCall, rhs: Cairn_Kv_V1_PipelineCall) -> Bool {
     if lhs.id != rhs.id {return false}
     if lhs.call != rhs.call {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
@@ -619,6 +673,36 @@ nonisolated extension Cairn_Kv_V1_CallError: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Cairn_Kv_V1_PipelineResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".PipelineResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}items\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeRepeatedMessageField(value: &self.items) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.items.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.items, fieldNumber: 1)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Cairn_Kv_V1_PipelineResponse, rhs: Cairn_Kv_V1_PipelineResponse) -> Bool {
+    if lhs.items != rhs.items {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Cairn_Kv_V1_PipelineAnswer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PipelineAnswer"
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}put\0\u{1}get\0\u{1}error\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
@@ -685,7 +769,7 @@ nonisolated extension Cairn_Kv_V1_PipelineResponse: SwiftProtobuf.Message, Swift
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cairn_Kv_V1_PipelineResponse, rhs: Cairn_Kv_V1_PipelineResponse) -> Bool {
+  public static func ==(lhs: Cairn_Kv_V1_PipelineAnswer, rhs: Cairn_Kv_V1_PipelineAnswer) -> Bool {
     if lhs.id != rhs.id {return false}
     if lhs.result != rhs.result {return false}
     if lhs._error != rhs._error {return false}
