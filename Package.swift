@@ -175,6 +175,8 @@ let package = Package(
             name: "RaftRuntime",
             dependencies: [
                 "RaftCore", "CairnCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -232,7 +234,12 @@ let package = Package(
         ),
         .testTarget(
             name: "ReplicatedKVTests",
-            dependencies: ["ReplicatedKV", "RaftRuntime", "CairnCore", "CairnTestSupport", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: [
+                "ReplicatedKV", "RaftRuntime", "CairnCore", "CairnTestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -244,6 +244,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             }
             if sendsEarly {
                 for message in ready.messages where Self.sentBeforePersisting(message.kind) { send(message) }
+                transport.flush()
             }
             // 1. Persist (one fsync for everything in this Ready).
             let snapshot = ready.snapshot.flatMap { $0.isEmpty ? nil : $0 }
@@ -281,6 +282,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                 }
             }
             for message in ready.messages where !(sendsEarly && Self.sentBeforePersisting(message.kind)) { send(message) }
+            transport.flush()
             // 4. Apply.
             for entry in ready.committedEntries { try apply(entry) }
             // 5. Reads whose index is now known.

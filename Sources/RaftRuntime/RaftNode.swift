@@ -32,13 +32,13 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         self.logger = logger
         let peers = try PeerDirectory(directory: configuration.directory, initial: configuration.peers)
         inbox = Inbox<Machine>(eventsMax: configuration.inboxEventsMax)
-        transport = RaftTransport(id: configuration.id, peers: peers.addresses, queueMessagesMax: configuration.peerQueueMessagesMax,
-                                  batchBytesMax: configuration.peerBatchBytesMax, messageBytesMax: configuration.peerMessageBytesMax,
+        transport = RaftTransport(id: configuration.id, listenHost: configuration.peers[configuration.id]!.host, peers: peers.addresses,
+                                  queueMessagesMax: configuration.peerQueueMessagesMax, messageBytesMax: configuration.peerMessageBytesMax,
                                   logger: logger, deliver: { [inbox] message in _ = inbox.post(.message(message), droppable: true) })
         loop = try RaftLoop(configuration: configuration, stateMachine: stateMachine, peers: peers, logger: logger)
     }
 
-    /// The gRPC service peers stream their messages to: register it on this node's server.
+    /// The gRPC service peers ask for this node's Raft port: register it on this node's server.
     public var peerService: RaftPeerService { transport.service }
 
     // MARK: Requests

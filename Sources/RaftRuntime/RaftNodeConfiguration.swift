@@ -26,11 +26,10 @@ public struct RaftNodeConfiguration: Sendable {
     /// Events (messages, proposals, reads) queued for the Raft thread; beyond it messages are
     /// dropped and requests refused with `busy`.
     public var inboxEventsMax = 65_536
-    /// Messages queued to one peer before further ones are dropped.
+    /// Messages queued to one peer (between two flushes) before further ones are dropped.
     public var peerQueueMessagesMax = 4_096
-    /// Bytes of messages sent to a peer in one gRPC message.
-    public var peerBatchBytesMax = 4 << 20
-    /// Largest gRPC message accepted from a peer.
+    /// Largest message accepted from a peer (one frame on the Raft connection): above the
+    /// core's `messageBytesMax`, as a single large entry travels alone.
     public var peerMessageBytesMax = 16 << 20
     /// The core's own bounds (message size, in-flight, uncommitted bytes).
     public var messageBytesMax = 1 << 20
@@ -53,11 +52,11 @@ public struct RaftNodeConfiguration: Sendable {
         guard peers[id] != nil else { throw CairnError(.invalidArgument, "the peer list must include this node (\(id))") }
         guard tickInterval >= .milliseconds(1) else { throw CairnError(.invalidArgument, "tickInterval must be at least 1 ms") }
         guard snapshotEveryEntries > 0 else { throw CairnError(.invalidArgument, "snapshotEveryEntries must be positive") }
-        guard inboxEventsMax > 0, peerQueueMessagesMax > 0, peerBatchBytesMax > 0 else {
+        guard inboxEventsMax > 0, peerQueueMessagesMax > 0 else {
             throw CairnError(.invalidArgument, "queue bounds must be positive")
         }
-        guard peerMessageBytesMax >= peerBatchBytesMax + (1 << 20), peerMessageBytesMax >= 2 * snapshotChunkBytesMax else {
-            throw CairnError(.invalidArgument, "peerMessageBytesMax must exceed a batch and a snapshot chunk")
+        guard peerMessageBytesMax >= messageBytesMax + (1 << 20), peerMessageBytesMax >= 2 * snapshotChunkBytesMax else {
+            throw CairnError(.invalidArgument, "peerMessageBytesMax must exceed a message of the core and a snapshot chunk")
         }
         do {
             try coreConfig(applied: 0).validate()

@@ -1,5 +1,8 @@
 import CairnCore
 import CairnTestSupport
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import RaftRuntime
 import ReplicatedKV
 import Synchronization
 import SystemPackage
@@ -155,6 +158,71 @@ final class AckedWrites: Sendable {
                 return digests.count == 1 && applied.count == 1
             }
             #expect(converged)
+        }
+    }
+
+    @Test func garbageOnTheRaftPortClosesThatConnectionAndNothingElse() async throws {
+        let cluster = try KVCluster()
+        try await cluster.startAll()
+        let target = cluster.address(1)
+        // Where node 1 takes Raft traffic; asking it as if it were another node is refused.
+        let port = try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: target.host, port: target.port),
+                                                                      transportSecurity: .plaintext)) { client in
+            let peer = Cairn_Raft_V1_RaftPeer.Client(wrapping: client)
+            var wrong = Cairn_Raft_V1_EndpointRequest()
+            wrong.from = 2
+            wrong.to = 3
+            await #expect(throws: RPCError.self) { _ = try await peer.endpoint(wrong) }
+            var request = Cairn_Raft_V1_EndpointRequest()
+            request.from = 2
+            request.to = 1
+            return Int(try await peer.endpoint(request).port)
+        }
+        func hello(to: UInt64) -> [UInt8] {
+            var bytes: [UInt8] = [0x43, 0x52, 0x46, 0x54, 1]
+            for value in [UInt64(2), to] { bytes += withUnsafeBytes(of: value.bigEndian) { Array($0) } }
+            return bytes
+        }
+        let attacks: [(String, [UInt8])] = [
+            ("random bytes", testBytes(count: 64, seed: 7)),
+            ("a hello for another node", hello(to: 9)),
+            ("an oversized frame", hello(to: 1) + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 8)),
+            ("an undecodable message", hello(to: 1) + [0, 0, 0, 12] + testBytes(count: 12, seed: 9)),
+        ]
+        // The control: a proper hello alone is kept open.
+        #expect(try !closedAfterSending(hello(to: 1), to: port))
+        for (name, bytes) in attacks {
+            #expect(try closedAfterSending(bytes, to: port), "\(name): the connection stayed open")
+        }
+        // The group is unaffected: writes commit and read back.
+        try await KeyValueClient.with(servers: cluster.servers) { client in
+            for i in 0..<20 { _ = try await client.put(Array("k\(i)".utf8), Array("v\(i)".utf8)) }
+            #expect(try await client.get(Array("k19".utf8)) == Array("v19".utf8))
+        }
+    }
+
+    /// Connects to 127.0.0.1:`port`, sends `bytes`, and reports whether the other side closes
+    /// the connection within two seconds.
+    func closedAfterSending(_ bytes: [UInt8], to port: Int) throws -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw CairnError(.io, "socket failed") }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw CairnError(.io, "connect to \(port) failed") }
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var buffer = [UInt8](repeating: 0, count: 256)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 || (n < 0 && errno == ECONNRESET) { return true }
+            if n < 0 { return false }  // timed out: still open
         }
     }
 

@@ -1,6 +1,6 @@
-/// Raft peer traffic: one long-lived client stream from each node to each peer.
-/// Each message is RaftCore's own compact encoding (Message.encode()); batching many per
-/// gRPC message keeps the per-message cost at a few microseconds. Regenerate with tools/gen-proto.
+/// Raft peers find each other's Raft listener here; the Raft messages themselves travel on a
+/// plain TCP connection of length-prefixed frames (see RaftRuntime/RaftTransport.swift), which
+/// costs a fraction of a gRPC stream per message. Regenerate with tools/gen-proto.
 
 // DO NOT EDIT.
 // swift-format-ignore-file
@@ -24,22 +24,22 @@ public enum Cairn_Raft_V1_RaftPeer: Sendable {
     public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.raft.v1.RaftPeer")
     /// Namespace for method metadata.
     public enum Method: Sendable {
-        /// Namespace for "Deliver" metadata.
-        public enum Deliver: Sendable {
-            /// Request type for "Deliver".
-            public typealias Input = Cairn_Raft_V1_RaftBatch
-            /// Response type for "Deliver".
-            public typealias Output = Cairn_Raft_V1_DeliverSummary
-            /// Descriptor for "Deliver".
+        /// Namespace for "Endpoint" metadata.
+        public enum Endpoint: Sendable {
+            /// Request type for "Endpoint".
+            public typealias Input = Cairn_Raft_V1_EndpointRequest
+            /// Response type for "Endpoint".
+            public typealias Output = Cairn_Raft_V1_EndpointResponse
+            /// Descriptor for "Endpoint".
             public static let descriptor = GRPCCore.MethodDescriptor(
                 service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.raft.v1.RaftPeer"),
-                method: "Deliver",
-                type: .clientStreaming
+                method: "Endpoint",
+                type: .unary
             )
         }
         /// Descriptors for all methods in the "cairn.raft.v1.RaftPeer" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
-            Deliver.descriptor
+            Endpoint.descriptor
         ]
     }
 }
@@ -66,23 +66,23 @@ extension Cairn_Raft_V1_RaftPeer {
     /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
     /// or ``SimpleServiceProtocol`` instead.
     public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
-        /// Handle the "Deliver" method.
+        /// Handle the "Endpoint" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Messages from one node to the receiving node, in order, for as long as both run.
+        /// > The port of this node's Raft listener, on the host of the address this was called at.
         ///
         /// - Parameters:
-        ///   - request: A streaming request of `Cairn_Raft_V1_RaftBatch` messages.
+        ///   - request: A streaming request of `Cairn_Raft_V1_EndpointRequest` messages.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A streaming response of `Cairn_Raft_V1_DeliverSummary` messages.
-        func deliver(
-            request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_RaftBatch>,
+        /// - Returns: A streaming response of `Cairn_Raft_V1_EndpointResponse` messages.
+        func endpoint(
+            request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_EndpointRequest>,
             context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Raft_V1_DeliverSummary>
+        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Raft_V1_EndpointResponse>
     }
 
     /// Service protocol for the "cairn.raft.v1.RaftPeer" service.
@@ -93,23 +93,23 @@ extension Cairn_Raft_V1_RaftPeer {
     /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
     /// use ``StreamingServiceProtocol``.
     public protocol ServiceProtocol: Cairn_Raft_V1_RaftPeer.StreamingServiceProtocol {
-        /// Handle the "Deliver" method.
+        /// Handle the "Endpoint" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Messages from one node to the receiving node, in order, for as long as both run.
+        /// > The port of this node's Raft listener, on the host of the address this was called at.
         ///
         /// - Parameters:
-        ///   - request: A streaming request of `Cairn_Raft_V1_RaftBatch` messages.
+        ///   - request: A request containing a single `Cairn_Raft_V1_EndpointRequest` message.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A response containing a single `Cairn_Raft_V1_DeliverSummary` message.
-        func deliver(
-            request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_RaftBatch>,
+        /// - Returns: A response containing a single `Cairn_Raft_V1_EndpointResponse` message.
+        func endpoint(
+            request: GRPCCore.ServerRequest<Cairn_Raft_V1_EndpointRequest>,
             context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.ServerResponse<Cairn_Raft_V1_DeliverSummary>
+        ) async throws -> GRPCCore.ServerResponse<Cairn_Raft_V1_EndpointResponse>
     }
 
     /// Simple service protocol for the "cairn.raft.v1.RaftPeer" service.
@@ -118,23 +118,23 @@ extension Cairn_Raft_V1_RaftPeer {
     /// doesn't provide access to request or response metadata. If you need access to these
     /// then use ``ServiceProtocol`` instead.
     public protocol SimpleServiceProtocol: Cairn_Raft_V1_RaftPeer.ServiceProtocol {
-        /// Handle the "Deliver" method.
+        /// Handle the "Endpoint" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Messages from one node to the receiving node, in order, for as long as both run.
+        /// > The port of this node's Raft listener, on the host of the address this was called at.
         ///
         /// - Parameters:
-        ///   - request: A stream of `Cairn_Raft_V1_RaftBatch` messages.
+        ///   - request: A `Cairn_Raft_V1_EndpointRequest` message.
         ///   - context: Context providing information about the RPC.
         /// - Throws: Any error which occurred during the processing of the request. Thrown errors
         ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
         ///     to an internal error.
-        /// - Returns: A `Cairn_Raft_V1_DeliverSummary` to respond with.
-        func deliver(
-            request: GRPCCore.RPCAsyncSequence<Cairn_Raft_V1_RaftBatch, any Swift.Error>,
+        /// - Returns: A `Cairn_Raft_V1_EndpointResponse` to respond with.
+        func endpoint(
+            request: Cairn_Raft_V1_EndpointRequest,
             context: GRPCCore.ServerContext
-        ) async throws -> Cairn_Raft_V1_DeliverSummary
+        ) async throws -> Cairn_Raft_V1_EndpointResponse
     }
 }
 
@@ -143,11 +143,11 @@ extension Cairn_Raft_V1_RaftPeer {
 extension Cairn_Raft_V1_RaftPeer.StreamingServiceProtocol {
     public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
         router.registerHandler(
-            forMethod: Cairn_Raft_V1_RaftPeer.Method.Deliver.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Raft_V1_RaftBatch>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Raft_V1_DeliverSummary>(),
+            forMethod: Cairn_Raft_V1_RaftPeer.Method.Endpoint.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Raft_V1_EndpointRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Raft_V1_EndpointResponse>(),
             handler: { request, context in
-                try await self.deliver(
+                try await self.endpoint(
                     request: request,
                     context: context
                 )
@@ -159,12 +159,12 @@ extension Cairn_Raft_V1_RaftPeer.StreamingServiceProtocol {
 // Default implementation of streaming methods from 'StreamingServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Cairn_Raft_V1_RaftPeer.ServiceProtocol {
-    public func deliver(
-        request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_RaftBatch>,
+    public func endpoint(
+        request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_EndpointRequest>,
         context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Raft_V1_DeliverSummary> {
-        let response = try await self.deliver(
-            request: request,
+    ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Raft_V1_EndpointResponse> {
+        let response = try await self.endpoint(
+            request: GRPCCore.ServerRequest(stream: request),
             context: context
         )
         return GRPCCore.StreamingServerResponse(single: response)
@@ -174,13 +174,13 @@ extension Cairn_Raft_V1_RaftPeer.ServiceProtocol {
 // Default implementation of methods from 'ServiceProtocol'.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Cairn_Raft_V1_RaftPeer.SimpleServiceProtocol {
-    public func deliver(
-        request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_RaftBatch>,
+    public func endpoint(
+        request: GRPCCore.ServerRequest<Cairn_Raft_V1_EndpointRequest>,
         context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.ServerResponse<Cairn_Raft_V1_DeliverSummary> {
-        return GRPCCore.ServerResponse<Cairn_Raft_V1_DeliverSummary>(
-            message: try await self.deliver(
-                request: request.messages,
+    ) async throws -> GRPCCore.ServerResponse<Cairn_Raft_V1_EndpointResponse> {
+        return GRPCCore.ServerResponse<Cairn_Raft_V1_EndpointResponse>(
+            message: try await self.endpoint(
+                request: request.message,
                 context: context
             ),
             metadata: [:]
@@ -197,27 +197,27 @@ extension Cairn_Raft_V1_RaftPeer {
     /// You don't need to implement this protocol directly, use the generated
     /// implementation, ``Client``.
     public protocol ClientProtocol: Sendable {
-        /// Call the "Deliver" method.
+        /// Call the "Endpoint" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Messages from one node to the receiving node, in order, for as long as both run.
+        /// > The port of this node's Raft listener, on the host of the address this was called at.
         ///
         /// - Parameters:
-        ///   - request: A streaming request producing `Cairn_Raft_V1_RaftBatch` messages.
-        ///   - serializer: A serializer for `Cairn_Raft_V1_RaftBatch` messages.
-        ///   - deserializer: A deserializer for `Cairn_Raft_V1_DeliverSummary` messages.
+        ///   - request: A request containing a single `Cairn_Raft_V1_EndpointRequest` message.
+        ///   - serializer: A serializer for `Cairn_Raft_V1_EndpointRequest` messages.
+        ///   - deserializer: A deserializer for `Cairn_Raft_V1_EndpointResponse` messages.
         ///   - options: Options to apply to this RPC.
         ///   - handleResponse: A closure which handles the response and returns its result to
         ///       the caller. Returning from the closure will cancel the RPC if it hasn't
         ///       already finished.
         /// - Returns: The result of `handleResponse`.
-        func deliver<Result>(
-            request: GRPCCore.StreamingClientRequest<Cairn_Raft_V1_RaftBatch>,
-            serializer: some GRPCCore.MessageSerializer<Cairn_Raft_V1_RaftBatch>,
-            deserializer: some GRPCCore.MessageDeserializer<Cairn_Raft_V1_DeliverSummary>,
+        func endpoint<Result>(
+            request: GRPCCore.ClientRequest<Cairn_Raft_V1_EndpointRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cairn_Raft_V1_EndpointRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cairn_Raft_V1_EndpointResponse>,
             options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_DeliverSummary>) async throws -> Result
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_EndpointResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -237,33 +237,33 @@ extension Cairn_Raft_V1_RaftPeer {
             self.client = client
         }
 
-        /// Call the "Deliver" method.
+        /// Call the "Endpoint" method.
         ///
         /// > Source IDL Documentation:
         /// >
-        /// > Messages from one node to the receiving node, in order, for as long as both run.
+        /// > The port of this node's Raft listener, on the host of the address this was called at.
         ///
         /// - Parameters:
-        ///   - request: A streaming request producing `Cairn_Raft_V1_RaftBatch` messages.
-        ///   - serializer: A serializer for `Cairn_Raft_V1_RaftBatch` messages.
-        ///   - deserializer: A deserializer for `Cairn_Raft_V1_DeliverSummary` messages.
+        ///   - request: A request containing a single `Cairn_Raft_V1_EndpointRequest` message.
+        ///   - serializer: A serializer for `Cairn_Raft_V1_EndpointRequest` messages.
+        ///   - deserializer: A deserializer for `Cairn_Raft_V1_EndpointResponse` messages.
         ///   - options: Options to apply to this RPC.
         ///   - handleResponse: A closure which handles the response and returns its result to
         ///       the caller. Returning from the closure will cancel the RPC if it hasn't
         ///       already finished.
         /// - Returns: The result of `handleResponse`.
-        public func deliver<Result>(
-            request: GRPCCore.StreamingClientRequest<Cairn_Raft_V1_RaftBatch>,
-            serializer: some GRPCCore.MessageSerializer<Cairn_Raft_V1_RaftBatch>,
-            deserializer: some GRPCCore.MessageDeserializer<Cairn_Raft_V1_DeliverSummary>,
+        public func endpoint<Result>(
+            request: GRPCCore.ClientRequest<Cairn_Raft_V1_EndpointRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cairn_Raft_V1_EndpointRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cairn_Raft_V1_EndpointResponse>,
             options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_DeliverSummary>) async throws -> Result = { response in
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_EndpointResponse>) async throws -> Result = { response in
                 try response.message
             }
         ) async throws -> Result where Result: Sendable {
-            try await self.client.clientStreaming(
+            try await self.client.unary(
                 request: request,
-                descriptor: Cairn_Raft_V1_RaftPeer.Method.Deliver.descriptor,
+                descriptor: Cairn_Raft_V1_RaftPeer.Method.Endpoint.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -276,30 +276,30 @@ extension Cairn_Raft_V1_RaftPeer {
 // Helpers providing default arguments to 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Cairn_Raft_V1_RaftPeer.ClientProtocol {
-    /// Call the "Deliver" method.
+    /// Call the "Endpoint" method.
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Messages from one node to the receiving node, in order, for as long as both run.
+    /// > The port of this node's Raft listener, on the host of the address this was called at.
     ///
     /// - Parameters:
-    ///   - request: A streaming request producing `Cairn_Raft_V1_RaftBatch` messages.
+    ///   - request: A request containing a single `Cairn_Raft_V1_EndpointRequest` message.
     ///   - options: Options to apply to this RPC.
     ///   - handleResponse: A closure which handles the response and returns its result to
     ///       the caller. Returning from the closure will cancel the RPC if it hasn't
     ///       already finished.
     /// - Returns: The result of `handleResponse`.
-    public func deliver<Result>(
-        request: GRPCCore.StreamingClientRequest<Cairn_Raft_V1_RaftBatch>,
+    public func endpoint<Result>(
+        request: GRPCCore.ClientRequest<Cairn_Raft_V1_EndpointRequest>,
         options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_DeliverSummary>) async throws -> Result = { response in
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_EndpointResponse>) async throws -> Result = { response in
             try response.message
         }
     ) async throws -> Result where Result: Sendable {
-        try await self.deliver(
+        try await self.endpoint(
             request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Raft_V1_RaftBatch>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Raft_V1_DeliverSummary>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Raft_V1_EndpointRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Raft_V1_EndpointResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -309,34 +309,33 @@ extension Cairn_Raft_V1_RaftPeer.ClientProtocol {
 // Helpers providing sugared APIs for 'ClientProtocol' methods.
 @available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
 extension Cairn_Raft_V1_RaftPeer.ClientProtocol {
-    /// Call the "Deliver" method.
+    /// Call the "Endpoint" method.
     ///
     /// > Source IDL Documentation:
     /// >
-    /// > Messages from one node to the receiving node, in order, for as long as both run.
+    /// > The port of this node's Raft listener, on the host of the address this was called at.
     ///
     /// - Parameters:
+    ///   - message: request message to send.
     ///   - metadata: Additional metadata to send, defaults to empty.
     ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - producer: A closure producing request messages to send to the server. Returning
-    ///       from the closure closes the request stream.
     ///   - handleResponse: A closure which handles the response and returns its result to
     ///       the caller. Returning from the closure will cancel the RPC if it hasn't
     ///       already finished.
     /// - Returns: The result of `handleResponse`.
-    public func deliver<Result>(
+    public func endpoint<Result>(
+        _ message: Cairn_Raft_V1_EndpointRequest,
         metadata: GRPCCore.Metadata = [:],
         options: GRPCCore.CallOptions = .defaults,
-        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Cairn_Raft_V1_RaftBatch>) async throws -> Void,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_DeliverSummary>) async throws -> Result = { response in
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_EndpointResponse>) async throws -> Result = { response in
             try response.message
         }
     ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.StreamingClientRequest<Cairn_Raft_V1_RaftBatch>(
-            metadata: metadata,
-            producer: producer
+        let request = GRPCCore.ClientRequest<Cairn_Raft_V1_EndpointRequest>(
+            message: message,
+            metadata: metadata
         )
-        return try await self.deliver(
+        return try await self.endpoint(
             request: request,
             options: options,
             onResponse: handleResponse

@@ -8,15 +8,10 @@
 // For information on using the generated types, please see the documentation:
 //   https://github.com/apple/swift-protobuf/
 
-/// Raft peer traffic: one long-lived client stream from each node to each peer.
-/// Each message is RaftCore's own compact encoding (Message.encode()); batching many per
-/// gRPC message keeps the per-message cost at a few microseconds. Regenerate with tools/gen-proto.
+/// Raft peers find each other's Raft listener here; the Raft messages themselves travel on a
+/// plain TCP connection of length-prefixed frames (see RaftRuntime/RaftTransport.swift), which
+/// costs a fraction of a gRPC stream per message. Regenerate with tools/gen-proto.
 
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import SwiftProtobuf
 
 // If the compiler emits an error on this type, it is because this file
@@ -29,31 +24,31 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
-public nonisolated struct Cairn_Raft_V1_RaftBatch: Sendable {
+public nonisolated struct Cairn_Raft_V1_EndpointRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  /// The sending node.
+  /// The asking node.
   public var from: UInt64 = 0
 
-  /// The node the sender believes it is talking to (checked by the receiver).
+  /// The node the asker believes it is talking to (checked: FAILED_PRECONDITION otherwise).
   public var to: UInt64 = 0
-
-  /// Encoded RaftCore messages.
-  public var messages: [Data] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
-public nonisolated struct Cairn_Raft_V1_DeliverSummary: Sendable {
+public nonisolated struct Cairn_Raft_V1_EndpointResponse: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var messagesReceived: UInt64 = 0
+  /// The answering node.
+  public var id: UInt64 = 0
+
+  public var port: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -64,9 +59,9 @@ public nonisolated struct Cairn_Raft_V1_DeliverSummary: Sendable {
 
 fileprivate nonisolated let _protobuf_package = "cairn.raft.v1"
 
-nonisolated extension Cairn_Raft_V1_RaftBatch: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".RaftBatch"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}from\0\u{1}to\0\u{1}messages\0")
+nonisolated extension Cairn_Raft_V1_EndpointRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointRequest"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}from\0\u{1}to\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -76,7 +71,6 @@ nonisolated extension Cairn_Raft_V1_RaftBatch: SwiftProtobuf.Message, SwiftProto
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.from) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.to) }()
-      case 3: try { try decoder.decodeRepeatedBytesField(value: &self.messages) }()
       default: break
       }
     }
@@ -89,24 +83,20 @@ nonisolated extension Cairn_Raft_V1_RaftBatch: SwiftProtobuf.Message, SwiftProto
     if self.to != 0 {
       try visitor.visitSingularUInt64Field(value: self.to, fieldNumber: 2)
     }
-    if !self.messages.isEmpty {
-      try visitor.visitRepeatedBytesField(value: self.messages, fieldNumber: 3)
-    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cairn_Raft_V1_RaftBatch, rhs: Cairn_Raft_V1_RaftBatch) -> Bool {
+  public static func ==(lhs: Cairn_Raft_V1_EndpointRequest, rhs: Cairn_Raft_V1_EndpointRequest) -> Bool {
     if lhs.from != rhs.from {return false}
     if lhs.to != rhs.to {return false}
-    if lhs.messages != rhs.messages {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
 }
 
-nonisolated extension Cairn_Raft_V1_DeliverSummary: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
-  public static let protoMessageName: String = _protobuf_package + ".DeliverSummary"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}messages_received\0")
+nonisolated extension Cairn_Raft_V1_EndpointResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".EndpointResponse"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}port\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -114,21 +104,26 @@ nonisolated extension Cairn_Raft_V1_DeliverSummary: SwiftProtobuf.Message, Swift
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.messagesReceived) }()
+      case 1: try { try decoder.decodeSingularUInt64Field(value: &self.id) }()
+      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.port) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if self.messagesReceived != 0 {
-      try visitor.visitSingularUInt64Field(value: self.messagesReceived, fieldNumber: 1)
+    if self.id != 0 {
+      try visitor.visitSingularUInt64Field(value: self.id, fieldNumber: 1)
+    }
+    if self.port != 0 {
+      try visitor.visitSingularUInt32Field(value: self.port, fieldNumber: 2)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Cairn_Raft_V1_DeliverSummary, rhs: Cairn_Raft_V1_DeliverSummary) -> Bool {
-    if lhs.messagesReceived != rhs.messagesReceived {return false}
+  public static func ==(lhs: Cairn_Raft_V1_EndpointResponse, rhs: Cairn_Raft_V1_EndpointResponse) -> Bool {
+    if lhs.id != rhs.id {return false}
+    if lhs.port != rhs.port {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
