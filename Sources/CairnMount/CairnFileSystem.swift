@@ -309,7 +309,7 @@ public final class CairnFileSystem: FuseFileSystem {
             await file.released(handle: handle)
         }
         handles.withLock { _ = $0.removeValue(forKey: handle) }
-        _ = try? await session.perform(.close(handle), as: Credentials(context))
+        session.closeLater(handle)
         releaseFile(node)
         if let flushError { throw flushError }
     }

@@ -17,6 +17,14 @@ public final class MetaSession: Sendable {
     /// its first answer.
     private let mutations: AsyncSemaphore
     public static let mutationsInflightMax = 64
+    /// Handles waiting to be closed, whether a `closeHandles` is on its way, and who waits
+    /// for all of them to be done.
+    private struct PendingCloses {
+        var handles: [HandleID] = []
+        var flushing = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let pendingCloses = Mutex(PendingCloses())
 
     private init(client: MetaClient, id: SessionID, ttl: Duration) {
         self.client = client
@@ -63,6 +71,51 @@ public final class MetaSession: Sendable {
             if case .failure(let error) = try await client.execute(MetaCommand(session: id, now: .zero, operation: .heartbeat)), error == .ESTALE {
                 throw CairnError(.notFound, "session \(id) ended on the metadata service: \(error)")
             }
+        }
+    }
+
+    /// Closes a handle without waiting: closes that arrive while one `closeHandles` command is
+    /// in flight go together in the next (group commit for closes: a file's close costs a
+    /// fraction of a replicated command). Nothing waits on a close — a FUSE release is not
+    /// waited for by the application, the file's data is durable at its flush — and a close
+    /// that never arrives (the mount dies) is done by the session's expiry.
+    public func closeLater(_ handle: HandleID) {
+        let start = pendingCloses.withLock { pending -> Bool in
+            pending.handles.append(handle)
+            if pending.flushing { return false }
+            pending.flushing = true
+            return true
+        }
+        if start { Task { await self.flushCloses() } }
+    }
+
+    private func flushCloses() async {
+        while true {
+            let (batch, waiters) = pendingCloses.withLock { pending -> ([HandleID], [CheckedContinuation<Void, Never>]) in
+                let batch = Array(pending.handles.prefix(MetaOperation.closeHandlesMax))
+                pending.handles.removeFirst(batch.count)
+                guard batch.isEmpty else { return (batch, []) }
+                pending.flushing = false
+                defer { pending.waiters = [] }
+                return ([], pending.waiters)
+            }
+            if batch.isEmpty {
+                for waiter in waiters { waiter.resume() }
+                return
+            }
+            _ = try? await perform(.closeHandles(batch), as: .root)
+        }
+    }
+
+    /// Returns once every close handed to `closeLater` so far has been sent and answered.
+    public func closesDone() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = pendingCloses.withLock { pending -> Bool in
+                if !pending.flushing { return true }
+                pending.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
         }
     }
 

@@ -44,6 +44,10 @@ public enum MetaOperation: Sendable, Hashable {
     case create(parent: InodeNumber, name: [UInt8], flags: OpenFlags, mode: UInt32)
     case open(InodeNumber, flags: OpenFlags)
     case close(HandleID)
+    /// Closes several handles of the session at once (a client gathers the closes that pile up
+    /// while one such command is in flight); handles already closed are skipped. At most
+    /// `closeHandlesMax`.
+    case closeHandles([HandleID])
     case link(InodeNumber, newParent: InodeNumber, newName: [UInt8])
     case unlink(parent: InodeNumber, name: [UInt8])
     case rmdir(parent: InodeNumber, name: [UInt8])
@@ -60,6 +64,9 @@ public enum MetaOperation: Sendable, Hashable {
     case ring
     /// The extents of a regular file overlapping a byte range (a read): see `Namespace.readExtents`.
     case readExtents(InodeNumber, offset: UInt64, length: UInt64)
+
+    /// Most handles one `closeHandles` carries.
+    public static let closeHandlesMax = 1024
 
     /// True for operations that change the state (and so are deduplicated by sequence).
     public var isMutation: Bool {
@@ -145,6 +152,10 @@ extension MetaOperation {
         case .create(let p, let n, let flags, let mode): w.byte(15); w.varint(p); w.data(n); w.varint(flags.rawValue); w.varint(mode)
         case .open(let i, let flags): w.byte(16); w.varint(i); w.varint(flags.rawValue)
         case .close(let h): w.byte(17); w.varint(h)
+        case .closeHandles(let handles):
+            w.byte(31)
+            w.varint(UInt64(handles.count))
+            for h in handles { w.varint(h) }
         case .link(let i, let np, let nn): w.byte(18); w.varint(i); w.varint(np); w.data(nn)
         case .unlink(let p, let n): w.byte(19); w.varint(p); w.data(n)
         case .rmdir(let p, let n): w.byte(20); w.varint(p); w.data(n)
@@ -254,6 +265,13 @@ extension MetaOperation {
         case 28: return .setChunkserverWeight(ChunkserverID(try r.varint()), try r.uint32())
         case 29: return .ring
         case 30: return .readExtents(try r.varint(), offset: try r.varint(), length: try r.varint())
+        case 31:
+            let count = try r.varint()
+            guard count <= UInt64(MetaOperation.closeHandlesMax) else { throw .EBADMSG }
+            var handles: [HandleID] = []
+            handles.reserveCapacity(Int(count))
+            for _ in 0..<count { handles.append(try r.varint()) }
+            return .closeHandles(handles)
         default: throw .EBADMSG
         }
     }

@@ -88,6 +88,7 @@ extension Namespace {
         case .open(let i, let flags):
             return reply(open(i, flags: flags, session: c.session, cred, now: now)) { .opened($0.0, released: $0.1) }
         case .close(let h): return reply(close(session: c.session, handle: h)) { .released($0) }
+        case .closeHandles(let handles): return reply(closeHandles(session: c.session, handles: handles)) { .released($0) }
         case .link(let i, let np, let nn): return reply(link(i, np, nn, cred, now: now)) { .attributes($0) }
         case .unlink(let p, let n): return reply(unlink(p, n, cred, now: now)) { .released($0) }
         case .rmdir(let p, let n): return reply(rmdir(p, n, cred, now: now)) { .done }

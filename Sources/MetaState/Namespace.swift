@@ -291,6 +291,17 @@ public struct Namespace: Sendable, Equatable {
         return .success(releaseHandle(open.inode))
     }
 
+    /// Closes each of `handles` still open in the session (one already closed is skipped: a
+    /// retried batch is harmless); returns every chunk released.
+    public mutating func closeHandles(session: SessionID, handles: [HandleID]) -> Result<[ChunkID], FileSystemError> {
+        guard sessions[session] != nil else { return .failure(.ESTALE) }
+        var released: [ChunkID] = []
+        for handle in handles {
+            if case .success(let chunks) = close(session: session, handle: handle) { released += chunks }
+        }
+        return .success(released)
+    }
+
     /// link(2): a new name `newName` in `newParent` for `inode`.
     public mutating func link(_ inode: InodeNumber, _ newParent: InodeNumber, _ newName: [UInt8], _ cred: Credentials,
                               now: Timestamp) -> Result<Attributes, FileSystemError> {

@@ -34,7 +34,10 @@ struct MetaBench: AsyncParsableCommand {
                 let start = clock.now
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for (session, directory) in frozen {
-                        group.addTask { for i in 0..<files { try await operation(session, directory, i) } }
+                        group.addTask {
+                            for i in 0..<files { try await operation(session, directory, i) }
+                            await session.closesDone()  // the phase includes the closes it queued
+                        }
                     }
                     try await group.waitForAll()
                 }
@@ -45,7 +48,7 @@ struct MetaBench: AsyncParsableCommand {
                     .create(parent: directory, name: Array("f\(i)".utf8), flags: [.write, .create, .exclusive], mode: 0o644), as: .root) else {
                     throw CairnError(.internal, "create failed")
                 }
-                _ = try await session.perform(.close(opened.handle), as: .root)
+                session.closeLater(opened.handle)  // as the mount closes on release
             }
             let stats = try await phase("stat") { session, directory, i in
                 guard case .attributes = try await session.perform(.lookup(parent: directory, name: Array("f\(i)".utf8)), as: .root) else {

@@ -176,6 +176,7 @@ struct CommandTests {
         .registerChunkserver(identity: Array(repeating: 0xff, count: 64), address: "[::1]:7001", weight: 0, failureDomain: ""),
         .setChunkserverState(ChunkserverID(1), .draining), .setChunkserverState(ChunkserverID(300), .removed),
         .setChunkserverWeight(ChunkserverID(2), 7), .ring, .readExtents(2, offset: 4096, length: UInt64.max),
+        .closeHandles([]), .closeHandles([1, 300, 1 << 40]),
     ]
 
     @Test func commandsRoundTrip() throws {
@@ -183,6 +184,39 @@ struct CommandTests {
             let command = MetaCommand(session: UInt64(i), sequence: UInt64(i * 7), credentials: Self.alice, now: Self.now, operation: operation)
             #expect(try MetaCommand(decoding: command.encoded()) == command)
         }
+    }
+
+    @Test func aCloseHandlesOverItsBoundIsRefused() throws {
+        let most = MetaCommand(now: Self.now, operation: .closeHandles(Array(1...UInt64(MetaOperation.closeHandlesMax))))
+        #expect(try MetaCommand(decoding: most.encoded()) == most)
+        let over = MetaCommand(now: Self.now, operation: .closeHandles(Array(1...UInt64(MetaOperation.closeHandlesMax + 1))))
+        #expect(throws: FileSystemError.self) { try MetaCommand(decoding: over.encoded()) }
+    }
+
+    /// closeHandles closes what is open, skips what is not, and releases an unlinked file's
+    /// chunks when its last handle goes; a stale session is refused.
+    @Test func closeHandlesClosesEachOpenHandle() throws {
+        let machine = MetaStateMachine()
+        func apply(_ operation: MetaOperation, session: SessionID = 0, sequence: UInt64 = 0) -> MetaReply {
+            machine.apply(MetaCommand(session: session, sequence: sequence, now: Self.now, operation: operation))
+        }
+        guard case .session(let session) = apply(.openSession(ttlNanoseconds: 60_000_000_000)) else { throw CairnError(.internal, "no session") }
+        var handles: [HandleID] = []
+        for (i, name) in ["a", "b"].enumerated() {
+            guard case .opened(let opened, _) = apply(.create(parent: 1, name: Array(name.utf8), flags: [.create, .write], mode: 0o644),
+                                                      session: session, sequence: UInt64(i + 1)) else { throw CairnError(.internal, "create") }
+            handles.append(opened.handle)
+        }
+        let chunk = SHA256.hash([9])
+        guard case .attributesReleased(let written, _) = apply(
+            .commitWrite(handle: handles[0], extents: [Extent(fileOffset: 0, length: 1, chunkID: chunk, chunkOffset: 0)]),
+            session: session, sequence: 3) else { throw CairnError(.internal, "commitWrite") }
+        #expect(written.size == 1)
+        #expect(apply(.unlink(parent: 1, name: Array("a".utf8)), session: session, sequence: 4) == .released([]))
+        // Both closed at once (plus one never opened): the unlinked file's chunk is released now.
+        #expect(apply(.closeHandles(handles + [999]), session: session, sequence: 5) == .released([chunk]))
+        #expect(apply(.close(handles[1]), session: session, sequence: 6) == .failure(.EBADF))
+        #expect(apply(.closeHandles(handles), session: 4242, sequence: 1) == .failure(.ESTALE))
     }
 
     @Test func repliesRoundTrip() throws {
