@@ -108,7 +108,7 @@ public final class CairnFileSystem: FuseFileSystem {
     }
 
     /// `length` bytes at `offset` of a committed manifest: extents from verified chunks, holes as zeros.
-    func readCommitted(_ manifest: FileManifest, offset: UInt64, length: Int) async throws -> [UInt8] {
+    func readCommitted(_ manifest: FileManifest, offset: UInt64, length: Int, wholeChunks: Bool = true) async throws -> [UInt8] {
         let end = min(offset + UInt64(length), manifest.size)
         guard offset < end else { return [] }
         var out = [UInt8](repeating: 0, count: Int(end - offset))
@@ -119,7 +119,7 @@ public final class CairnFileSystem: FuseFileSystem {
             let bytes: ByteBuffer
             do {
                 bytes = try await cache.read(extent.chunkID, offset: Int(extent.chunkOffset + (from - extent.fileOffset)),
-                                             length: Int(to - from), candidates: map.readCandidates(extent.chunkID))
+                                             length: Int(to - from), candidates: map.readCandidates(extent.chunkID), wholeChunk: wholeChunks)
             } catch {
                 logger.error("chunk unreadable", metadata: ["chunk": "\(extent.chunkID.hex)", "error": "\(error)"])
                 throw Errno(rawValue: EIO)
@@ -277,9 +277,12 @@ public final class CairnFileSystem: FuseFileSystem {
         guard offset >= 0 else { throw Errno(rawValue: EINVAL) }
         guard let file = existingFile(node) else { throw Errno(rawValue: EBADF) }
         let manifest = try await file.manifestForRead()
-        let bytes = try await readCommitted(manifest, offset: UInt64(offset), length: size)
-        let end = UInt64(offset) + UInt64(bytes.count)
-        if await file.noteRead(offset: UInt64(offset), end: end) { readAhead(manifest, after: end) }
+        let end = UInt64(offset) + UInt64(size)
+        // A read that continues the previous one fetches whole chunks (cached, and the next ones
+        // prefetched); one that jumps fetches only the blocks it needs.
+        let sequential = await file.noteRead(offset: UInt64(offset), end: end)
+        let bytes = try await readCommitted(manifest, offset: UInt64(offset), length: size, wholeChunks: sequential)
+        if sequential { readAhead(manifest, after: UInt64(offset) + UInt64(bytes.count)) }
         return bytes
     }
 

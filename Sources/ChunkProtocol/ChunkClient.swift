@@ -133,6 +133,33 @@ public final class ChunkClient: Sendable {
         return bytes
     }
 
+    /// Reads `length` bytes at `offset` checked here, not only by the server: the server sends
+    /// the whole blocks covering the range with the CRC-32Cs stored beside the chunk (written at
+    /// put time from bytes that hashed to `id`), and every block is checked against its
+    /// checksum before a byte of the range is returned. What a reader of a few kilobytes uses
+    /// instead of fetching and hashing the whole chunk.
+    /// - Throws: `.corrupt` when a block does not match its checksum or the answer is
+    ///   inconsistent; `.notFound`, `.invalidArgument` (a range outside the chunk), `.io`,
+    ///   `.unavailable`.
+    public func readChecked(_ id: ChunkID, offset: Int, length: Int) async throws(CairnError) -> ByteBuffer {
+        guard offset >= 0, length > 0 else { throw CairnError(.invalidArgument, "bad range \(offset)+\(length)") }
+        var request = ChunkRequest()
+        request.get.id = id.field
+        request.get.offset = UInt64(offset)
+        request.get.length = UInt64(length)
+        request.get.withChecksums = true
+        let (response, body) = try await call(request)
+        let bytes = body ?? ByteBuffer()
+        let result = response.get
+        let blocks = VerifiedBlocks(offset: Int(clamping: result.bodyOffset), blockBytes: Int(result.blockBytes),
+                                    checksums: result.blockChecksums)
+        guard blocks.offset <= offset, offset + length <= blocks.offset + bytes.readableBytes,
+              bytes.withUnsafeReadableBytes({ blocks.check($0) }) else {
+            throw CairnError(.corrupt, "chunkserver \(server) returned blocks of \(id) that fail their checksums")
+        }
+        return bytes.getSlice(at: bytes.readerIndex + offset - blocks.offset, length: length)!
+    }
+
     /// Reads `length` bytes at `offset` (length nil: to the end), checked by the server
     /// against the chunk's block checksums. Returns the bytes and the chunk's length.
     public func read(_ id: ChunkID, offset: Int, length: Int?) async throws(CairnError) -> (bytes: ByteBuffer, chunkLength: Int) {

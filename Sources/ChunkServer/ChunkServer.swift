@@ -298,7 +298,8 @@ public final class ChunkServer: Service, Sendable {
             let allocator = ByteBufferAllocator()
             let offset = Int(get.offset)
             let length = get.length == 0 ? nil : Int(get.length)
-            let (body, chunkLength) = try await threadPool.runIfActive { () throws -> (ByteBuffer, Int) in
+            let withChecksums = get.withChecksums
+            let (body, chunkLength, blocks) = try await threadPool.runIfActive { () throws -> (ByteBuffer, Int, VerifiedBlocks) in
                 let read = try store.read(id, offset: offset, length: length) { (count, fill) throws(CairnError) -> ByteBuffer in
                     var buffer = allocator.buffer(capacity: count)
                     _ = try typedCairnErrors {
@@ -310,12 +311,19 @@ public final class ChunkServer: Service, Sendable {
                     return buffer
                 }
                 var body = read.output
-                body.moveWriterIndex(to: read.range.upperBound)
-                body.moveReaderIndex(to: read.range.lowerBound)
-                return (body, read.chunkLength)
+                if !withChecksums {
+                    body.moveWriterIndex(to: read.range.upperBound)
+                    body.moveReaderIndex(to: read.range.lowerBound)
+                }
+                return (body, read.chunkLength, read.blocks)
             }
             response.get.chunkLength = UInt64(chunkLength)
             response.get.offset = get.offset
+            if withChecksums {
+                response.get.bodyOffset = UInt64(blocks.offset)
+                response.get.blockBytes = UInt32(blocks.blockBytes)
+                response.get.blockChecksums = blocks.checksums
+            }
             return (response, body)
         case .has(let has):
             guard has.ids.count <= configuration.store.limits.batchIDsMax else {

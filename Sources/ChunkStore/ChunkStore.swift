@@ -363,7 +363,7 @@ public final class ChunkStore: Sendable {
     /// - Throws: as `read(_:offset:length:)`, plus what `output` throws.
     public func read<Output>(_ id: ChunkID, offset: Int, length: Int?,
                              into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
-        throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int) {
+        throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks) {
         let fd = try openChunk(id)
         defer { try? fd.close() }
         let size = try chunkSize(fd, id)
@@ -377,12 +377,16 @@ public final class ChunkStore: Sendable {
         guard let sums = loadChecksums(id, chunkLength: size) else {
             // No usable checksum file: verify the whole chunk, rewrite the checksums, serve.
             let whole = try get(id)
-            rewriteChecksums(id, bytes: whole)
-            let out = try output(end - offset) { (raw) throws(CairnError) in
-                precondition(raw.count == end - offset, "output must hand fill exactly the bytes asked for")
-                whole.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<end])) }
+            let rebuilt = rewriteChecksums(id, bytes: whole)
+            let blocks = rebuilt.blocks(covering: offset..<end)
+            let start = blocks.lowerBound * rebuilt.blockBytes
+            let stop = min(blocks.upperBound * rebuilt.blockBytes, size)
+            let out = try output(stop - start) { (raw) throws(CairnError) in
+                precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
+                whole.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<stop])) }
             }
-            return (out, 0..<(end - offset), size)
+            return (out, (offset - start)..<(end - start), size,
+                    VerifiedBlocks(offset: start, blockBytes: rebuilt.blockBytes, checksums: Array(rebuilt.checksums[blocks])))
         }
         let blocks = sums.blocks(covering: offset..<end)
         let start = blocks.lowerBound * sums.blockBytes
@@ -400,7 +404,8 @@ public final class ChunkStore: Sendable {
                 }
             }
         }
-        return (out, (offset - start)..<(end - start), size)
+        return (out, (offset - start)..<(end - start), size,
+                VerifiedBlocks(offset: start, blockBytes: sums.blockBytes, checksums: Array(sums.checksums[blocks])))
     }
 
     /// Re-hashes a stored chunk and checks its block checksums, quarantining it if either fails.
@@ -583,7 +588,8 @@ public final class ChunkStore: Sendable {
         return sums
     }
 
-    private func rewriteChecksums(_ id: ChunkID, bytes: [UInt8]) {
+    @discardableResult
+    private func rewriteChecksums(_ id: ChunkID, bytes: [UInt8]) -> BlockChecksums {
         let sums = bytes.withUnsafeBytes { BlockChecksums(of: $0, blockBytes: configuration.limits.checksumBlockBytes) }
         let temp = paths.tmp.appending("\(id.hex).\(getpid()).\(tempSequence.add(1, ordering: .relaxed).newValue).sum")
         do {
@@ -593,6 +599,7 @@ public final class ChunkStore: Sendable {
             _ = try? FileSystemCalls.unlink(temp)
             logger.warning("cannot rewrite checksum file", metadata: ["id": "\(id)", "error": "\(error)"])
         }
+        return sums
     }
 
     func writeFileDurably(_ path: FilePath, bytes: [UInt8]) throws {

@@ -13,12 +13,15 @@ import Synchronization
 public final class ChunkCache: Sendable {
     /// Fetches a whole, verified chunk (`ChunkserverPool.fetch`, or a test's counting wrapper).
     public typealias Fetch = @Sendable (ChunkID, [HostPort]) async throws(CairnError) -> ByteBuffer
+    /// Fetches part of a chunk, checked block by block (`ChunkserverPool.fetchRange`).
+    public typealias FetchRange = @Sendable (ChunkID, _ offset: Int, _ length: Int, [HostPort]) async throws(CairnError) -> ByteBuffer
 
     /// The most chunk bytes kept. A chunk larger than this is returned but not kept.
     public let bytesMax: Int
     /// Prefetches in flight at once; `prefetch` past it does nothing.
     public let prefetchesInflightMax: Int
     private let fetcher: Fetch
+    private let rangeFetcher: FetchRange?
     private let state: Mutex<State>
 
     private typealias Load = Task<Result<ByteBuffer, CairnError>, Never>
@@ -29,23 +32,27 @@ public final class ChunkCache: Sendable {
         var prefetchesInflight = 0
         var hitsTotal = 0
         var missesTotal = 0
+        var rangeReadsTotal = 0
     }
 
-    public init(bytesMax: Int, prefetchesInflightMax: Int = 4, fetch: @escaping Fetch) {
+    public init(bytesMax: Int, prefetchesInflightMax: Int = 4, fetch: @escaping Fetch, fetchRange: FetchRange? = nil) {
         precondition(bytesMax >= 0, "bytesMax must not be negative")
         precondition(prefetchesInflightMax >= 0, "prefetchesInflightMax must not be negative")
         self.bytesMax = bytesMax
         self.prefetchesInflightMax = prefetchesInflightMax
         self.fetcher = fetch
+        self.rangeFetcher = fetchRange
         self.state = Mutex(State(cached: LeastRecentlyUsed(bytesMax: bytesMax)))
     }
 
     /// A cache that fetches through `pool`, reporting every failed replica to `onBadReplica`.
     public convenience init(pool: ChunkserverPool, bytesMax: Int, prefetchesInflightMax: Int = 4,
                             onBadReplica: @escaping @Sendable (HostPort, CairnError) -> Void = { _, _ in }) {
-        self.init(bytesMax: bytesMax, prefetchesInflightMax: prefetchesInflightMax) { id, candidates throws(CairnError) in
+        self.init(bytesMax: bytesMax, prefetchesInflightMax: prefetchesInflightMax, fetch: { id, candidates throws(CairnError) in
             try await pool.fetch(id, candidates: candidates, onBadReplica: onBadReplica)
-        }
+        }, fetchRange: { id, offset, length, candidates throws(CairnError) in
+            try await pool.fetchRange(id, offset: offset, length: length, candidates: candidates, onBadReplica: onBadReplica)
+        })
     }
 
     /// The whole chunk, from the cache or fetched (and then cached).
@@ -70,9 +77,22 @@ public final class ChunkCache: Sendable {
 
     /// `length` bytes of a chunk at `offset`, cut from the whole verified chunk; fewer if the
     /// chunk ends first.
+    ///
+    /// With `wholeChunk` false (a reader that jumps around) and the chunk neither cached nor
+    /// being fetched, only the blocks holding the range are fetched and checked
+    /// (`FetchRange`), and nothing is cached: a 4 KiB random read costs a 64 KiB block, not a
+    /// 4 MiB chunk. Then the range must lie inside the chunk.
     /// - Throws: `.invalidArgument` for a negative range; otherwise as `chunk`.
-    public func read(_ id: ChunkID, offset: Int, length: Int, candidates: [HostPort]) async throws(CairnError) -> ByteBuffer {
+    public func read(_ id: ChunkID, offset: Int, length: Int, candidates: [HostPort], wholeChunk: Bool = true) async throws(CairnError) -> ByteBuffer {
         guard offset >= 0, length >= 0 else { throw CairnError(.invalidArgument, "bad range \(offset)+\(length)") }
+        if !wholeChunk, length > 0, let rangeFetcher {
+            let ranged = state.withLock { s -> Bool in
+                guard !s.cached.contains(id), s.loading[id] == nil else { return false }
+                s.rangeReadsTotal += 1
+                return true
+            }
+            if ranged { return try await rangeFetcher(id, offset, length, candidates) }
+        }
         let bytes = try await chunk(id, candidates: candidates)
         let start = min(offset, bytes.readableBytes)
         return bytes.getSlice(at: bytes.readerIndex + start, length: min(length, bytes.readableBytes - start))!
@@ -103,6 +123,8 @@ public final class ChunkCache: Sendable {
         public var bytes: Int
         public var hitsTotal: Int
         public var missesTotal: Int
+        /// Reads served by fetching only their blocks (`read(wholeChunk: false)`).
+        public var rangeReadsTotal: Int
         public var loadsInflight: Int
         public var prefetchesInflight: Int
     }
@@ -110,7 +132,7 @@ public final class ChunkCache: Sendable {
     public var stats: Stats {
         state.withLock { s in
             Stats(chunks: s.cached.count, bytes: s.cached.bytes, hitsTotal: s.hitsTotal, missesTotal: s.missesTotal,
-                  loadsInflight: s.loading.count, prefetchesInflight: s.prefetchesInflight)
+                  rangeReadsTotal: s.rangeReadsTotal, loadsInflight: s.loading.count, prefetchesInflight: s.prefetchesInflight)
         }
     }
 

@@ -14,11 +14,8 @@ extension ChunkserverPool {
     /// code which reports go to the metadata service (`.notFound` and `.corrupt` mean that
     /// replica needs repair; `.unavailable` only that the server is down).
     ///
-    /// Why there is no ranged fetch from the server: `ChunkClient.read(_:offset:length:)` is
-    /// checked by the server against the chunk's per-block CRC-32Cs, but those checksums do not
-    /// travel with the bytes, so nothing on this side checks them end to end. Readers therefore
-    /// always fetch whole chunks, verify them, and slice (see `ChunkCache.read`); the cache makes
-    /// the whole-chunk fetch pay for the following reads of the same chunk.
+    /// `fetchRange` reads part of a chunk instead, checked block by block against the
+    /// CRC-32Cs that travel with it (`ChunkClient.readChecked`).
     ///
     /// - Parameter candidates: servers to try in order: owners in ring order, then the previous
     ///   epoch's owners, then any live server.
@@ -26,10 +23,24 @@ extension ChunkserverPool {
     ///   `.unavailable` otherwise when no candidate returned it, naming every failure.
     public func fetch(_ id: ChunkID, candidates: [HostPort],
                       onBadReplica: (HostPort, CairnError) -> Void = { _, _ in }) async throws(CairnError) -> ByteBuffer {
+        try await fetch(id, candidates: candidates, onBadReplica: onBadReplica) { client throws(CairnError) in try await client.get(id) }
+    }
+
+    /// `length` bytes of a chunk at `offset`, from the first candidate whose blocks pass their
+    /// checksums here; candidates fail over and are reported as for `fetch`.
+    public func fetchRange(_ id: ChunkID, offset: Int, length: Int, candidates: [HostPort],
+                           onBadReplica: (HostPort, CairnError) -> Void = { _, _ in }) async throws(CairnError) -> ByteBuffer {
+        try await fetch(id, candidates: candidates, onBadReplica: onBadReplica) { client throws(CairnError) in
+            try await client.readChecked(id, offset: offset, length: length)
+        }
+    }
+
+    private func fetch(_ id: ChunkID, candidates: [HostPort], onBadReplica: (HostPort, CairnError) -> Void,
+                       _ read: @escaping @Sendable (ChunkClient) async throws(CairnError) -> ByteBuffer) async throws(CairnError) -> ByteBuffer {
         var failures: [(server: HostPort, error: CairnError)] = []
         for server in candidates {
             do throws(CairnError) {
-                let bytes = try await withClient(server) { client throws(CairnError) in try await client.get(id) }
+                let bytes = try await withClient(server) { client throws(CairnError) in try await read(client) }
                 count { $0.getsTotal += 1 }
                 return bytes
             } catch {

@@ -108,3 +108,20 @@ import Testing
         #expect(throws: CairnError.self) { try bad.validate() }
     }
 }
+
+@Suite struct VerifiedBlocksTests {
+    @Test func blocksPassOnlyWithTheirChecksumsAndLength() {
+        let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let blockBytes = 4096
+        let sums = stride(from: 0, to: bytes.count, by: blockBytes).map { CRC32C.checksum(Array(bytes[$0..<min($0 + blockBytes, bytes.count)])) }
+        let blocks = VerifiedBlocks(offset: 8192, blockBytes: blockBytes, checksums: sums)
+        #expect(bytes.withUnsafeBytes { blocks.check($0) })
+        var flipped = bytes
+        flipped[9_999] ^= 1
+        #expect(!flipped.withUnsafeBytes { blocks.check($0) })
+        // Too short (a block missing) or too long (bytes beyond the last block) fails too.
+        #expect(!Array(bytes[..<8192]).withUnsafeBytes { blocks.check($0) })
+        #expect(!(bytes + [0]).withUnsafeBytes { VerifiedBlocks(offset: 0, blockBytes: 5000, checksums: [sums[0]]).check($0) })
+        #expect([UInt8]().withUnsafeBytes { VerifiedBlocks(offset: 0, blockBytes: 4096, checksums: []).check($0) })
+    }
+}

@@ -198,6 +198,65 @@ final class Reports: Sendable {
         }
     }
 
+    /// Range reads: the right bytes for ranges inside, across and at the ends of blocks (the
+    /// chunk is a whole number of blocks plus a tail); a replica with a flipped byte in a block a
+    /// range touches is skipped and reported, one whose damage lies elsewhere still serves it.
+    @Test func fetchRangeReturnsCheckedBytesAndSkipsACorruptReplica() async throws {
+        try await withCluster(2) { cluster in
+            try await withTestPool { pool in
+                let (id, chunk) = testChunk((1 << 20) + 12_345, seed: 11)
+                let bytes = Array(chunk.readableBytesView)
+                _ = try await pool.upload(id, bytes: chunk, candidates: cluster.addresses, replicas: 2)
+                let block = ChunkLimits().checksumBlockBytes
+                for (offset, length) in [(0, 1), (0, 4096), (block - 10, 20), (block, block), (3 * block + 7, 2 * block + 100),
+                                         (bytes.count - 5, 5), (bytes.count - 12_345, 12_345), (0, bytes.count)] {
+                    let got = try await pool.fetchRange(id, offset: offset, length: length, candidates: cluster.addresses)
+                    #expect(got == ByteBuffer(bytes: bytes[offset..<(offset + length)]), "range \(offset)+\(length)")
+                }
+                try flipByte(in: cluster.chunkFile(0, id), at: Int64(5 * block + 3))
+                let clean = Reports()
+                #expect(try await pool.fetchRange(id, offset: 0, length: 4096, candidates: cluster.addresses, onBadReplica: clean.add)
+                        == ByteBuffer(bytes: bytes[0..<4096]))
+                #expect(clean.all.isEmpty)
+                let reports = Reports()
+                #expect(try await pool.fetchRange(id, offset: 5 * block, length: 4096, candidates: cluster.addresses, onBadReplica: reports.add)
+                        == ByteBuffer(bytes: bytes[(5 * block)..<(5 * block + 4096)]))
+                #expect(reports.all.map(\.0) == [cluster.addresses[0]])
+                #expect(reports.all.map(\.1) == [.corrupt])
+            }
+        }
+    }
+
+    /// A jumping reader's read of an uncached chunk fetches only its range and caches nothing;
+    /// once the chunk is cached, every read is served from it.
+    @Test func rangeReadsOfUncachedChunksFetchOnlyTheirBlocks() async throws {
+        try await withCluster(1) { cluster in
+            try await withTestPool { pool in
+                let (id, chunk) = testChunk(1 << 20, seed: 12)
+                let bytes = Array(chunk.readableBytesView)
+                _ = try await pool.upload(id, bytes: chunk, candidates: cluster.addresses, replicas: 1)
+                let wholes = Counter()
+                let ranges = Counter()
+                let cache = ChunkCache(bytesMax: 8 << 20, fetch: { id, candidates throws(CairnError) in
+                    wholes.increment()
+                    return try await pool.fetch(id, candidates: candidates)
+                }, fetchRange: { id, offset, length, candidates throws(CairnError) in
+                    ranges.increment()
+                    return try await pool.fetchRange(id, offset: offset, length: length, candidates: candidates)
+                })
+                #expect(try await cache.read(id, offset: 300_000, length: 4096, candidates: cluster.addresses, wholeChunk: false)
+                        == ByteBuffer(bytes: bytes[300_000..<304_096]))
+                #expect(ranges.value == 1 && wholes.value == 0 && !cache.contains(id))
+                #expect(try await cache.read(id, offset: 0, length: 10, candidates: cluster.addresses) == ByteBuffer(bytes: bytes[0..<10]))
+                #expect(wholes.value == 1 && cache.contains(id))
+                #expect(try await cache.read(id, offset: 500_000, length: 4096, candidates: cluster.addresses, wholeChunk: false)
+                        == ByteBuffer(bytes: bytes[500_000..<504_096]))
+                #expect(ranges.value == 1 && wholes.value == 1)
+                #expect(cache.stats.rangeReadsTotal == 1)
+            }
+        }
+    }
+
     @Test func fetchSkipsMissingAndUnreachableReplicas() async throws {
         try await withCluster(3) { cluster in
             try await withTestPool { pool in

@@ -134,6 +134,10 @@ public nonisolated struct Cairn_Chunk_V1_GetRequest: Sendable {
 
   public var length: UInt64 = 0
 
+  /// Send the whole blocks covering the range (from `GetResult.body_offset`) with their
+  /// CRC-32Cs, so that the reader checks them too (a range read the client verifies).
+  public var withChecksums: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -327,6 +331,15 @@ public nonisolated struct Cairn_Chunk_V1_GetResult: Sendable {
   public var chunkLength: UInt64 = 0
 
   public var offset: UInt64 = 0
+
+  /// With `with_checksums`: the body starts at this chunk offset (a block boundary) and block i
+  /// of it (block_bytes long; the last may end early, at the chunk's end) has CRC-32C
+  /// block_checksums[i].
+  public var bodyOffset: UInt64 = 0
+
+  public var blockBytes: UInt32 = 0
+
+  public var blockChecksums: [UInt32] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -625,7 +638,7 @@ nonisolated extension Cairn_Chunk_V1_PutRequest: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Cairn_Chunk_V1_GetRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetRequest"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}offset\0\u{1}length\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}offset\0\u{1}length\0\u{3}with_checksums\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -636,6 +649,7 @@ nonisolated extension Cairn_Chunk_V1_GetRequest: SwiftProtobuf.Message, SwiftPro
       case 1: try { try decoder.decodeSingularBytesField(value: &self.id) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.length) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.withChecksums) }()
       default: break
       }
     }
@@ -651,6 +665,9 @@ nonisolated extension Cairn_Chunk_V1_GetRequest: SwiftProtobuf.Message, SwiftPro
     if self.length != 0 {
       try visitor.visitSingularUInt64Field(value: self.length, fieldNumber: 3)
     }
+    if self.withChecksums != false {
+      try visitor.visitSingularBoolField(value: self.withChecksums, fieldNumber: 4)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -658,6 +675,7 @@ nonisolated extension Cairn_Chunk_V1_GetRequest: SwiftProtobuf.Message, SwiftPro
     if lhs.id != rhs.id {return false}
     if lhs.offset != rhs.offset {return false}
     if lhs.length != rhs.length {return false}
+    if lhs.withChecksums != rhs.withChecksums {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1031,7 +1049,7 @@ nonisolated extension Cairn_Chunk_V1_PutResult: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Cairn_Chunk_V1_GetResult: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetResult"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}chunk_length\0\u{1}offset\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}chunk_length\0\u{1}offset\0\u{3}body_offset\0\u{3}block_bytes\0\u{3}block_checksums\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1041,6 +1059,9 @@ nonisolated extension Cairn_Chunk_V1_GetResult: SwiftProtobuf.Message, SwiftProt
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularUInt64Field(value: &self.chunkLength) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.bodyOffset) }()
+      case 4: try { try decoder.decodeSingularUInt32Field(value: &self.blockBytes) }()
+      case 5: try { try decoder.decodeRepeatedFixed32Field(value: &self.blockChecksums) }()
       default: break
       }
     }
@@ -1053,12 +1074,24 @@ nonisolated extension Cairn_Chunk_V1_GetResult: SwiftProtobuf.Message, SwiftProt
     if self.offset != 0 {
       try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 2)
     }
+    if self.bodyOffset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.bodyOffset, fieldNumber: 3)
+    }
+    if self.blockBytes != 0 {
+      try visitor.visitSingularUInt32Field(value: self.blockBytes, fieldNumber: 4)
+    }
+    if !self.blockChecksums.isEmpty {
+      try visitor.visitPackedFixed32Field(value: self.blockChecksums, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Cairn_Chunk_V1_GetResult, rhs: Cairn_Chunk_V1_GetResult) -> Bool {
     if lhs.chunkLength != rhs.chunkLength {return false}
     if lhs.offset != rhs.offset {return false}
+    if lhs.bodyOffset != rhs.bodyOffset {return false}
+    if lhs.blockBytes != rhs.blockBytes {return false}
+    if lhs.blockChecksums != rhs.blockChecksums {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
