@@ -42,6 +42,13 @@ actor OpenFile {
     private var credentials = Credentials.root
     /// Where the last read ended (sequential detection for readahead).
     private var lastReadEnd: UInt64 = .max
+    /// Bytes read back to back so far, ending at `lastReadEnd`.
+    private var sequentialRun: UInt64 = 0
+    /// A run this long makes reads sequential (whole chunks, cached, the next ones prefetched).
+    /// One continuation is not enough: the kernel follows a random 4 KiB read with a readahead
+    /// request that starts where it ended, and treating that as a stream would fetch a whole
+    /// chunk per random read.
+    static let sequentialRunBytes: UInt64 = 1 << 20
 
     init(inode: InodeNumber, fileSystem: CairnFileSystem) {
         self.inode = inode
@@ -205,9 +212,10 @@ actor OpenFile {
         return try await fileSystem.readCommitted(current, offset: start, length: length)
     }
 
-    /// Notes a read for readahead: true if it continues the previous one.
+    /// Notes a read: true once reads have gone on back to back for `sequentialRunBytes`.
     func noteRead(offset: UInt64, end: UInt64) -> Bool {
-        defer { lastReadEnd = end }
-        return offset == lastReadEnd || offset == 0
+        sequentialRun = (offset == lastReadEnd ? sequentialRun : 0) + (end - offset)
+        lastReadEnd = end
+        return sequentialRun >= Self.sequentialRunBytes
     }
 }
