@@ -39,12 +39,10 @@ public final class CairnFileSystem: FuseFileSystem {
         self.logger = logger
         uploadPermits = AsyncSemaphore(limit: options.uploadsInflightMax)
         let client = session.client
-        cache = ChunkCache(bytesMax: options.chunkCacheBytes, prefetchesInflightMax: max(1, options.readaheadChunks)) { id, candidates throws(CairnError) in
-            try await pool.fetch(id, candidates: candidates) { server, error in
-                // A missing or corrupt replica is skipped (the next one serves) and reported.
-                logger.warning("bad chunk replica skipped", metadata: ["chunk": "\(id.hex)", "server": "\(server)", "error": "\(error)"])
-                Task { try? await client.reportBadReplica(chunk: id, server: server, reason: "\(error)") }
-            }
+        cache = ChunkCache(pool: pool, bytesMax: options.chunkCacheBytes, prefetchesInflightMax: max(1, options.readaheadChunks)) { id, server, error in
+            // A missing or corrupt replica is skipped (the next one serves) and reported.
+            logger.warning("bad chunk replica skipped", metadata: ["chunk": "\(id.hex)", "server": "\(server)", "error": "\(error)"])
+            Task { try? await client.reportBadReplica(chunk: id, server: server, reason: "\(error)") }
         }
     }
 
