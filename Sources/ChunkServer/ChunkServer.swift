@@ -128,7 +128,10 @@ public final class ChunkServer: Service, Sendable {
                         }
                         guard admitted else {
                             self.logger.warning("refusing connection: connectionsMax reached or shutting down")
-                            connection.channel.close(promise: nil)
+                            // Through executeThenClose, not a bare close: a wrapper dropped with its
+                            // writer unfinished is a fatal error in NIO (a connection accepted while the
+                            // server shut down crashed the process so).
+                            try? await connection.executeThenClose { _, _ in }
                             continue
                         }
                         group.addTask {
