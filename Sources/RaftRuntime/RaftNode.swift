@@ -32,7 +32,8 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         self.logger = logger
         let peers = try PeerDirectory(directory: configuration.directory, initial: configuration.peers)
         inbox = Inbox<Machine>(eventsMax: configuration.inboxEventsMax)
-        transport = RaftTransport(id: configuration.id, listenHost: configuration.peers[configuration.id]!.host, peers: peers.addresses,
+        transport = RaftTransport(id: configuration.id, listenHost: configuration.peers[configuration.id]!.host,
+                                  listenPort: configuration.raftPort, peers: peers.addresses,
                                   queueMessagesMax: configuration.peerQueueMessagesMax, messageBytesMax: configuration.peerMessageBytesMax,
                                   logger: logger, deliver: { [inbox] message in _ = inbox.post(.message(message), droppable: true) })
         loop = try RaftLoop(configuration: configuration, stateMachine: stateMachine, peers: peers, logger: logger)

@@ -10,6 +10,10 @@ public struct RaftNodeConfiguration: Sendable {
     public var peers: [NodeID: HostPort]
     /// Where the WAL, snapshots and the peer list live.
     public var directory: FilePath
+    /// The TCP port of the Raft listener (peer traffic), on the host of this node's own
+    /// address; 0 picks a free one. Peers learn it through `RaftPeer.Endpoint`, so it only needs
+    /// fixing where a firewall must let it through.
+    public var raftPort = 0
     /// Found a new group from `peers` if the directory is empty. Ignored when the directory
     /// holds a log already; never implied by an empty directory.
     public var bootstrap: Bool
@@ -50,6 +54,7 @@ public struct RaftNodeConfiguration: Sendable {
     public func validate() throws(CairnError) {
         guard id != noNode else { throw CairnError(.invalidArgument, "node id 0 is reserved") }
         guard peers[id] != nil else { throw CairnError(.invalidArgument, "the peer list must include this node (\(id))") }
+        guard (0...65535).contains(raftPort) else { throw CairnError(.invalidArgument, "raftPort must be 0...65535") }
         guard tickInterval >= .milliseconds(1) else { throw CairnError(.invalidArgument, "tickInterval must be at least 1 ms") }
         guard snapshotEveryEntries > 0 else { throw CairnError(.invalidArgument, "snapshotEveryEntries must be positive") }
         guard inboxEventsMax > 0, peerQueueMessagesMax > 0 else {

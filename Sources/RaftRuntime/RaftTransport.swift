@@ -27,8 +27,9 @@ import Synchronization
 /// `messageBytesMax`; anything else closes the connection (Raft tolerates lost messages).
 final class RaftTransport: Sendable {
     let id: NodeID
-    /// The host the Raft listener binds (the host of this node's own address).
+    /// Where the Raft listener binds: the host of this node's own address, and a port (0: any free).
     private let listenHost: String
+    private let listenPort: Int
     private let queueMessagesMax: Int
     let messageBytesMax: Int
     private let logger: Logger
@@ -46,10 +47,11 @@ final class RaftTransport: Sendable {
         var stopped = false
     }
 
-    init(id: NodeID, listenHost: String, peers: [NodeID: HostPort], queueMessagesMax: Int, messageBytesMax: Int, logger: Logger,
+    init(id: NodeID, listenHost: String, listenPort: Int, peers: [NodeID: HostPort], queueMessagesMax: Int, messageBytesMax: Int, logger: Logger,
          deliver: @escaping @Sendable (Message) -> Void) {
         self.id = id
         self.listenHost = listenHost
+        self.listenPort = listenPort
         self.deliver = deliver
         self.queueMessagesMax = queueMessagesMax
         self.messageBytesMax = messageBytesMax
@@ -108,7 +110,7 @@ final class RaftTransport: Sendable {
                         try channel.pipeline.syncOperations.addHandler(RaftInboundHandler(deliver: deliver, logger: logger))
                     }
                 }
-                .bind(host: listenHost, port: 0).get()
+                .bind(host: listenHost, port: listenPort).get()
             let stopped = state.withLock { s -> Bool in
                 s.listener = listener
                 s.listeningPort = listener.localAddress?.port
@@ -117,7 +119,8 @@ final class RaftTransport: Sendable {
             if stopped { try? await listener.close() }
             logger.debug("raft listener bound", metadata: ["address": "\(listener.localAddress.map { "\($0)" } ?? "?")"])
         } catch {
-            logger.error("cannot bind the Raft listener; peers cannot reach this node", metadata: ["host": "\(listenHost)", "error": "\(error)"])
+            logger.error("cannot bind the Raft listener; peers cannot reach this node",
+                         metadata: ["host": "\(listenHost)", "port": "\(listenPort)", "error": "\(error)"])
         }
         await withDiscardingTaskGroup { tasks in
             for await link in newLinks {

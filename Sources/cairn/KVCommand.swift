@@ -26,6 +26,8 @@ struct KVCommand: AsyncParsableCommand {
         @Option(help: "Address for peers and clients, HOST:PORT.") var listen: String
         @Option(help: "Every replica: ID=HOST:PORT,ID=HOST:PORT,… (this one included).") var peers: String
         @Flag(help: "Found a new group on this first start (ignored once the log exists).") var bootstrap = false
+        @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC).")
+        var raftPort: Int = 0
         @Option(help: "Milliseconds per Raft tick.") var tickMs: Int = 20
         @Option(help: "Snapshot every this many applied entries.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Entries kept behind a snapshot for followers a little behind.") var entriesBehindSnapshot: UInt64 = 1_000
@@ -40,6 +42,7 @@ struct KVCommand: AsyncParsableCommand {
             let logger = logging.makeLogger(label: "cairn.kv.\(id)")
             var configuration = RaftNodeConfiguration(id: id, peers: try parsePeers(peers), directory: FilePath(data), bootstrap: bootstrap)
             configuration.tickInterval = .milliseconds(tickMs)
+            configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
             configuration.entriesKeptBehindSnapshot = entriesBehindSnapshot
             let node: RaftNode<KeyValueMachine>

@@ -29,6 +29,8 @@ struct MetaReplicaCommand: AsyncParsableCommand {
         var peers: String
         @Flag(help: "Found a new cluster on this first start (each founding replica, once; ignored when the data directory holds a log).")
         var bootstrap = false
+        @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC). Fix it where a firewall must let it through.")
+        var raftPort: Int = 0
         @Option(help: "Milliseconds per Raft tick (election timeout is 10 ticks).") var tickMs: Int = 20
         @Option(help: "Snapshot every this many applied entries.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Seconds a client session lives without heartbeats is chosen by the client; how often the leader ends expired ones (seconds).")
@@ -47,6 +49,7 @@ struct MetaReplicaCommand: AsyncParsableCommand {
             let logger = logging.makeLogger(label: "cairn.meta.\(id)")
             var configuration = RaftNodeConfiguration(id: id, peers: try parsePeers(peers), directory: FilePath(data), bootstrap: bootstrap)
             configuration.tickInterval = .milliseconds(tickMs)
+            configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
             let limits = MetaLimits()
             let node: RaftNode<MetaMachine>
