@@ -97,8 +97,6 @@ public final class BatchQueue<Element: Sendable>: Sendable {
         }
     }
 
-    public var isClosed: Bool { state.withLock { $0.closed } }
-
     /// Refuses further pushes and wakes the consumer for good.
     public func close() {
         let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
