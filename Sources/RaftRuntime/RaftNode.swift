@@ -1,5 +1,4 @@
 import CairnCore
-import Foundation
 import Logging
 import RaftCore
 import ServiceLifecycle
@@ -9,8 +8,9 @@ import SystemPackage
 /// Runs one Raft replica: the `RawNode` core, its durable log, a state machine, timers and the
 /// peer transport.
 ///
-/// All Raft work happens on one dedicated thread (the "Raft thread"), as the core is
-/// single-threaded by design: it drains every queued event (peer messages, proposals, reads),
+/// All Raft work happens on one thread (the "Raft thread": the event loop of the peer
+/// transport, so peer messages reach the core and leave it without a hand-off), as the core
+/// is single-threaded by design: it drains every queued event (peer messages, proposals, reads),
 /// then handles each `Ready` — persist (one fsync for everything queued: group commit), send,
 /// apply, answer. Callers talk to it from any task through `propose`, `read` and friends,
 /// which queue an event and await the answer.
@@ -137,10 +137,7 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
 
     /// Runs the Raft thread and the peer senders until graceful shutdown or cancellation.
     public func run() async throws {
-        let thread = Thread { [loop, inbox] in loop.run(inbox: inbox, transport: self.transport) }
-        thread.name = "raft-\(configuration.id)"
-        thread.stackSize = 8 << 20
-        thread.start()
+        loop.start(inbox: inbox, transport: transport)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.transport.run() }
             await withGracefulShutdownHandler {

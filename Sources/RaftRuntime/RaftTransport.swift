@@ -13,8 +13,8 @@ import Synchronization
 /// Why not gRPC streams (as the first version did): a message there costs HTTP/2 framing, a
 /// protobuf wrapper and four thread hand-offs per hop (event loop → task → Raft thread →
 /// task → event loop), and on two cores those hand-offs were most of a follower's CPU. Here a
-/// received message goes from the event loop straight into the Raft thread's inbox, and the
-/// Raft thread's messages go straight to the event loop, one flush per peer per `Ready`.
+/// received message goes from the event loop into the Raft loop, which runs on that same event
+/// loop, and its messages go out with one flush per peer per `Ready`, without a hand-off.
 ///
 /// Peers find each other through gRPC, which every node serves anyway: a node asks a peer's
 /// `RaftPeer.Endpoint` (at the address the group knows it by) for the port of its Raft
@@ -34,6 +34,8 @@ final class RaftTransport: Sendable {
     let messageBytesMax: Int
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
+    /// The group's one event loop: the connections' and the Raft loop's (`RaftLoop.start`).
+    let eventLoop: any EventLoop
     private let state: Mutex<State>
     /// Where received messages go: the node's inbox. Called on the transport's event loop.
     private let deliver: @Sendable (Message) -> Void
@@ -57,6 +59,7 @@ final class RaftTransport: Sendable {
         self.messageBytesMax = messageBytesMax
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        eventLoop = group.next()
         state = Mutex(State())
         (newLinks, newLinksContinuation) = AsyncStream.makeStream(of: PeerLink.self)
         for (peer, address) in peers.sorted(by: { $0.key < $1.key }) where peer != id { setPeer(peer, address) }
@@ -215,14 +218,16 @@ final class PeerLink: Sendable {
         }
     }
 
-    /// Writes what is queued to the connection with one flush.
+    /// Writes what is queued to the connection with one flush: at once when called on the
+    /// connection's event loop (the Raft loop's own), so a leader's appends are on the wire
+    /// before it starts its fsync.
     func flush() {
         let (channel, batch) = state.withLock { s -> ((any Channel)?, [[UInt8]]) in
             defer { s.queued = [] }
             return (s.channel, s.queued)
         }
         guard let channel, !batch.isEmpty else { return }
-        channel.eventLoop.execute {
+        let write: @Sendable () -> Void = {
             var buffer = channel.allocator.buffer(capacity: batch.reduce(0) { $0 + 4 + $1.count })
             for bytes in batch {
                 buffer.writeInteger(UInt32(bytes.count))
@@ -230,6 +235,7 @@ final class PeerLink: Sendable {
             }
             channel.writeAndFlush(buffer, promise: nil)
         }
+        if channel.eventLoop.inEventLoop { write() } else { channel.eventLoop.execute(write) }
     }
 
     func close() {
