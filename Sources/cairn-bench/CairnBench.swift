@@ -151,6 +151,8 @@ struct RaftBench: AsyncParsableCommand {
     @Option(help: "Concurrent proposers.") var proposers: Int = 1
     @Option(help: "Seconds to run.") var seconds: Double = 5
     @Option(help: "Value size in bytes.") var valueBytes: Int = 256
+    @Flag(help: "Linearizable gets (ReadIndex, no fsync) of one key instead of puts: the read path's latency.")
+    var reads = false
 
     func run() async throws {
         let list = servers.split(separator: ",").compactMap { HostPort(String($0)) }
@@ -158,6 +160,7 @@ struct RaftBench: AsyncParsableCommand {
         let clock = ContinuousClock()
         let proposers = self.proposers
         let duration = Duration.milliseconds(Int64(seconds * 1000))
+        let reads = self.reads
         let latencies = try await KeyValueClient.with(servers: list) { client in
             // Warm up: find the leader.
             _ = try await client.put(Array("warmup".utf8), value)
@@ -168,9 +171,13 @@ struct RaftBench: AsyncParsableCommand {
                         var samples: [Double] = []
                         var i = 0
                         while clock.now - start < duration {
-                            let key = Array("p\(p)-\(i)".utf8)
                             let t0 = clock.now
-                            _ = try await client.put(key, value)
+                            if reads {
+                                let read = try await client.get(Array("warmup".utf8))
+                                precondition(read == value, "the warm-up key must read back")
+                            } else {
+                                _ = try await client.put(Array("p\(p)-\(i)".utf8), value)
+                            }
                             samples.append((clock.now - t0).seconds * 1000)
                             i += 1
                         }
@@ -185,6 +192,6 @@ struct RaftBench: AsyncParsableCommand {
         let sorted = latencies.sorted()
         func percentile(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
         let rate = Double(sorted.count) / seconds
-        print(String(format: "raft proposers=%d puts/s %.0f p50 %.3f ms p99 %.3f ms (n=%d)", proposers, rate, percentile(0.5), percentile(0.99), sorted.count))
+        print(String(format: "raft proposers=%d \(reads ? "gets" : "puts")/s %.0f p50 %.3f ms p99 %.3f ms (n=%d)", proposers, rate, percentile(0.5), percentile(0.99), sorted.count))
     }
 }
