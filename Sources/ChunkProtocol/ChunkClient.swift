@@ -71,6 +71,14 @@ public final class ChunkClient: Sendable {
 
     /// Sends one request and waits for its response. The response's error is thrown.
     public func call(_ request: ChunkRequest, body: ByteBuffer? = nil) async throws(CairnError) -> (ChunkResponse, ByteBuffer?) {
+        let received = try await exchange(request, body: body, hashingBody: false)
+        return (received.response, received.body)
+    }
+
+    /// `call`, and with `hashingBody` the SHA-256 of the response body, computed on the
+    /// connection's event loop part by part as the body arrives (so hashing a chunk overlaps
+    /// receiving the rest of it, instead of starting after its last byte).
+    private func exchange(_ request: ChunkRequest, body: ByteBuffer?, hashingBody: Bool) async throws(CairnError) -> ReceivedResponse {
         do {
             try await inflight.acquire()
         } catch {
@@ -84,17 +92,17 @@ public final class ChunkClient: Sendable {
             throw CairnError(.invalidArgument, "cannot encode request", cause: error)
         }
         let requestID = nextRequestID.add(1, ordering: .relaxed).oldValue
-        let promise = channel.eventLoop.makePromise(of: (ChunkResponse, ByteBuffer?).self)
+        let promise = channel.eventLoop.makePromise(of: ReceivedResponse.self)
         let frame = OutboundFrame(kind: .request, requestID: requestID, header: header, body: body)
         let handler = self.handler
         let channel = self.channel
         channel.eventLoop.execute {
-            handler.value.register(requestID, promise)
+            handler.value.register(requestID, promise, hashingBody: hashingBody)
             channel.writeAndFlush(frame).whenFailure { error in
                 handler.value.fail(requestID, CairnError(.unavailable, "cannot send to chunkserver", cause: error))
             }
         }
-        let result: (ChunkResponse, ByteBuffer?)
+        let result: ReceivedResponse
         do {
             result = try await promise.futureResult.get()
         } catch let error as CairnError {
@@ -102,7 +110,7 @@ public final class ChunkClient: Sendable {
         } catch {
             throw CairnError(.unavailable, "chunkserver \(server) failed", cause: error)
         }
-        if let error = result.0.error { throw error }
+        if let error = result.response.error { throw error }
         return result
     }
 
@@ -124,9 +132,9 @@ public final class ChunkClient: Sendable {
     public func get(_ id: ChunkID) async throws(CairnError) -> ByteBuffer {
         var request = ChunkRequest()
         request.get.id = id.field
-        let (_, body) = try await call(request)
-        let bytes = body ?? ByteBuffer()
-        let actual = bytes.withUnsafeReadableBytes { SHA256.hash($0) }
+        let received = try await exchange(request, body: nil, hashingBody: true)
+        let bytes = received.body ?? ByteBuffer()
+        let actual = received.bodyHash ?? SHA256.hash([])
         guard actual == id else {
             throw CairnError(.corrupt, "chunkserver \(server) returned bytes hashing to \(actual) for \(id)")
         }
@@ -217,25 +225,35 @@ public final class ChunkClient: Sendable {
 }
 
 /// Matches response frames to waiting requests. Lives on the channel's event loop.
+/// A response as the handler hands it over: with the SHA-256 of its body when the request
+/// asked for it (nil otherwise; an absent body hashes as empty).
+struct ReceivedResponse: Sendable {
+    var response: ChunkResponse
+    var body: ByteBuffer?
+    var bodyHash: ChunkID?
+}
+
 final class ResponseHandler: ChannelInboundHandler {
     typealias InboundIn = FramePart
 
-    private var waiting: [UInt64: EventLoopPromise<(ChunkResponse, ByteBuffer?)>] = [:]
+    private var waiting: [UInt64: (promise: EventLoopPromise<ReceivedResponse>, hashingBody: Bool)] = [:]
     private var current: (requestID: UInt64, response: ChunkResponse, body: ByteBuffer?)?
     /// The body length of the frame in `current`, from its preamble.
     private var bodyLength = 0
+    /// Fed the body of `current` as it arrives, when its request asked for the body's hash.
+    private var hasher: SHA256?
     private var failure: CairnError?
 
-    func register(_ requestID: UInt64, _ promise: EventLoopPromise<(ChunkResponse, ByteBuffer?)>) {
+    func register(_ requestID: UInt64, _ promise: EventLoopPromise<ReceivedResponse>, hashingBody: Bool) {
         if let failure {
             promise.fail(failure)
             return
         }
-        waiting[requestID] = promise
+        waiting[requestID] = (promise, hashingBody)
     }
 
     func fail(_ requestID: UInt64, _ error: CairnError) {
-        waiting.removeValue(forKey: requestID)?.fail(error)
+        waiting.removeValue(forKey: requestID)?.promise.fail(error)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -245,11 +263,17 @@ final class ResponseHandler: ChannelInboundHandler {
                 let response = try ChunkResponse(serializedBytes: Array(header.readableBytesView))
                 current = (preamble.requestID, response, nil)
                 bodyLength = preamble.bodyLength
+                if waiting[preamble.requestID]?.hashingBody == true {
+                    if hasher == nil { hasher = SHA256() } else { hasher!.reset() }
+                }
             } catch {
                 failAll(context: context, CairnError(.protocolViolation, "malformed response header", cause: error))
             }
         case .body(var part):
             guard current != nil else { return }
+            if let hasher, waiting[current!.requestID]?.hashingBody == true {
+                part.withUnsafeReadableBytes { hasher.update($0) }
+            }
             if current!.body == nil && part.readableBytes == bodyLength {
                 // The whole body in one part: keep the slice, no copy.
                 current!.body = part
@@ -268,7 +292,9 @@ final class ResponseHandler: ChannelInboundHandler {
                 failAll(context: context, error)
                 return
             }
-            waiting.removeValue(forKey: done.requestID)?.succeed((done.response, done.body))
+            guard let waiter = waiting.removeValue(forKey: done.requestID) else { return }
+            let hash = waiter.hashingBody ? hasher?.finalize() : nil
+            waiter.promise.succeed(ReceivedResponse(response: done.response, body: done.body, bodyHash: hash))
         }
     }
 
@@ -285,7 +311,7 @@ final class ResponseHandler: ChannelInboundHandler {
         if failure == nil { failure = error }
         let pending = waiting
         waiting.removeAll()
-        for id in pending.keys.sorted() { pending[id]!.fail(error) }
+        for id in pending.keys.sorted() { pending[id]!.promise.fail(error) }
         context.close(promise: nil)
     }
 }

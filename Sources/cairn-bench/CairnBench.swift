@@ -60,6 +60,8 @@ struct ChunkBench: AsyncParsableCommand {
     @Option(help: "Seed that makes this run's chunks distinct from other runs'.") var seed: UInt64 = 1
     @Option(help: "Requests in flight per stream (pipelined on its connection); 1 waits for each answer before sending the next.")
     var pipeline: Int = 1
+    @Flag(help: "Only get: the chunks of this --seed are already stored (an earlier run put them); for profiling the read path.")
+    var getOnly = false
 
     func validate() throws {
         guard HostPort(server) != nil else { throw ValidationError("--server must be HOST:PORT") }
@@ -82,7 +84,7 @@ struct ChunkBench: AsyncParsableCommand {
         let clock = ContinuousClock()
 
         let putStart = clock.now
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        if !getOnly { try await withThrowingTaskGroup(of: Void.self) { group in
             for s in 0..<streams {
                 group.addTask {
                     try await self.pipelined(Array(stride(from: s, to: work.count, by: self.streams))) { i in
@@ -92,7 +94,7 @@ struct ChunkBench: AsyncParsableCommand {
                 }
             }
             try await group.waitForAll()
-        }
+        } }
         let putSeconds = (clock.now - putStart).seconds
 
         let getStart = clock.now
@@ -110,7 +112,8 @@ struct ChunkBench: AsyncParsableCommand {
         let getSeconds = (clock.now - getStart).seconds
         for client in clients { await client.close() }
         let megabytes = Double(chunks * chunkBytes) / 1e6
-        print("chunks streams=\(streams) pipeline=\(pipeline) put \(Int(megabytes / putSeconds)) MB/s get \(Int(megabytes / getSeconds)) MB/s")
+        let put = getOnly ? "-" : "\(Int(megabytes / putSeconds))"
+        print("chunks streams=\(streams) pipeline=\(pipeline) put \(put) MB/s get \(Int(megabytes / getSeconds)) MB/s")
     }
 }
 
