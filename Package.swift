@@ -155,7 +155,7 @@ let package = Package(
         .executableTarget(
             name: "cairn",
             dependencies: [
-                "CairnCore", "ChunkStore", "ChunkProtocol", "ChunkServer", "RaftCore", "RaftRuntime", "ReplicatedKV",
+                "CairnCore", "CCairnLinux", "ChunkStore", "ChunkProtocol", "ChunkServer", "RaftCore", "RaftRuntime", "ReplicatedKV",
                 "MetaService", "MetaState", "FuseKernel", "FusePassthrough", "CairnMount",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -211,7 +211,7 @@ let package = Package(
         .executableTarget(
             name: "cairn-bench",
             dependencies: [
-                "CairnCore", "ChunkProtocol", "ReplicatedKV", "MetaService", "MetaState",
+                "CairnCore", "CCairnLinux", "ChunkProtocol", "ReplicatedKV", "MetaService", "MetaState",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CCairnLinux
 import CairnCore
 import ChunkProtocol
 import NIOCore
@@ -15,6 +16,12 @@ struct CairnBench: AsyncParsableCommand {
         abstract: "Cairn micro-benchmarks; see tools/bench.",
         subcommands: [SHA256Bench.self, ChunkBench.self, RaftBench.self, MetaBench.self, MetaMemoryBench.self]
     )
+
+    /// The client side of a benchmark moves chunk-sized buffers as `cairn` does: same malloc settings.
+    static func main() async {
+        _ = cairn_malloc_keep_large_buffers()
+        await main(nil)
+    }
 }
 
 /// Median of a list of measurements.

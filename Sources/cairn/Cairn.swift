@@ -1,4 +1,5 @@
 import ArgumentParser
+import CCairnLinux
 
 /// `cairn`: one executable, a subcommand per part (like `weed` or `juicefs`).
 @main
@@ -10,4 +11,10 @@ struct Cairn: AsyncParsableCommand {
         subcommands: [UpCommand.self, MountCommand.self, MetaReplicaCommand.self, ChunkserverCommand.self, StatusCommand.self, ChunkCommand.self, KVCommand.self,
                       PassthroughCommand.self]
     )
+
+    /// Every subcommand moves chunk-sized buffers: malloc keeps them (see the C function).
+    static func main() async {
+        _ = cairn_malloc_keep_large_buffers()
+        await main(nil)
+    }
 }

@@ -54,4 +54,12 @@ int cairn_removexattr(const char *path, const char *name);
 
 /// mknod(2): Swift imports it, but `makedev` is a macro; this takes major and minor.
 int cairn_mknod(const char *path, uint32_t mode, uint32_t major, uint32_t minor);
+
+/// Keeps freed buffers of up to 32 MiB in malloc's heap (mallopt M_MMAP_THRESHOLD 32 MiB,
+/// M_TRIM_THRESHOLD 256 MiB) instead of giving each back to the kernel: otherwise every chunk
+/// buffer (4 MiB) and network receive buffer (1 MiB) is a fresh mapping whose pages fault in
+/// and are zeroed on first touch, about a tenth of a chunk reader's CPU. Call once at start.
+/// Returns 0, or -1 if malloc refused a setting.
+int cairn_malloc_keep_large_buffers(void);
+
 #endif
