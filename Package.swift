@@ -253,7 +253,8 @@ let package = Package(
         ),
         .testTarget(
             name: "CairnMountTests",
-            dependencies: ["CairnCore", "CairnTestSupport", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["CairnCore", "CairnMount", "MetaState", "CairnTestSupport", "CCairnLinux",
+                           .product(name: "SystemPackage", package: "swift-system")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -30,8 +30,15 @@ public final class CairnFileSystem: FuseFileSystem {
     private let openFiles = Mutex<[InodeNumber: (file: OpenFile, opens: Int)]>([:])
     /// Handles open for writing, by handle (so write/flush know which handles may commit).
     private let handles = Mutex<[HandleID: (inode: InodeNumber, writable: Bool)]>([:])
+    /// Directories' attributes as this mount's last mutation in each left them.
+    let directories: DirectoryAttributes
 
-    public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, options: CairnMountOptions, logger: Logger) {
+    /// - Parameter attributeTimeout: how long the kernel caches attributes (FUSE's
+    ///   `attr_timeout`); a directory's attributes from this mount's own mutations answer a
+    ///   getattr for no longer than that.
+    public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, options: CairnMountOptions, attributeTimeout: Duration,
+                logger: Logger) {
+        directories = DirectoryAttributes(keptFor: attributeTimeout)
         self.session = session
         self.map = map
         self.pool = pool
@@ -50,7 +57,9 @@ public final class CairnFileSystem: FuseFileSystem {
 
     func perform(_ operation: MetaOperation, as credentials: Credentials) async throws -> MetaReply {
         do {
-            return try await session.perform(operation, as: credentials)
+            let (reply, changed) = try await session.performReportingDirectories(operation, as: credentials)
+            directories.record(changed)
+            return reply
         } catch {
             logger.error("metadata service call failed", metadata: ["error": "\(error)"])
             throw Errno(rawValue: EIO)
@@ -160,11 +169,14 @@ public final class CairnFileSystem: FuseFileSystem {
     }
 
     public func getattr(node: UInt64, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
+        if let known = directories.take(node) { return known.fuse() }
         let found = try attributes(try await perform(.getattr(node), as: Credentials(context)))
         return await displayed(found)
     }
 
     public func setattr(node: UInt64, changes: FuseAttributeChanges, handle: UInt64?, context: FuseRequestContext) async throws -> FuseAttributes {
+        directories.forget(node)
+        defer { directories.forget(node) }
         let converted = AttributeChanges(mode: changes.mode, uid: changes.uid, gid: changes.gid, size: changes.size,
                                          atime: changes.atime.timeChange, mtime: changes.mtime.timeChange)
         var credentials = Credentials(context)
@@ -344,6 +356,8 @@ public final class CairnFileSystem: FuseFileSystem {
     }
 
     public func setxattr(node: UInt64, name: FuseName, value: [UInt8], flags: Int32, context: FuseRequestContext) async throws {
+        directories.forget(node)
+        defer { directories.forget(node) }
         let reply = try await perform(.setxattr(node, name: name.bytes, value: value, flags: XattrFlags(rawValue: UInt32(flags & 3))),
                                       as: Credentials(context))
         guard case .done = reply else { throw unexpected(reply) }
@@ -362,6 +376,8 @@ public final class CairnFileSystem: FuseFileSystem {
     }
 
     public func removexattr(node: UInt64, name: FuseName, context: FuseRequestContext) async throws {
+        directories.forget(node)
+        defer { directories.forget(node) }
         let reply = try await perform(.removexattr(node, name: name.bytes), as: Credentials(context))
         guard case .done = reply else { throw unexpected(reply) }
     }

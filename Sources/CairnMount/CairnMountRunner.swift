@@ -32,7 +32,8 @@ public enum CairnMountRunner {
             let map = try await ClusterMap(client: client, replicas: options.replicas, logger: logger)
             let session = try await MetaSession.open(client, ttl: options.sessionTTL)
             try await ChunkserverPool.withPool(logger: logger) { pool in
-                let fileSystem = CairnFileSystem(session: session, map: map, pool: pool, options: options, logger: logger)
+                let fileSystem = CairnFileSystem(session: session, map: map, pool: pool, options: options,
+                                                 attributeTimeout: .milliseconds(Int64(fuse.attributeTimeout * 1000)), logger: logger)
                 let mount = try FuseMount(mountpoint: mountpoint, options: fuse, fileSystem: fileSystem, logger: logger)
                 let group = ServiceGroup(configuration: .init(
                     services: [.init(service: mount, successTerminationBehavior: .gracefullyShutdownGroup),

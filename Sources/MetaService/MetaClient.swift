@@ -95,11 +95,24 @@ public final class MetaClient: Sendable {
     ///   `.invalidArgument` when the service refused the request, `.protocolViolation` for an
     ///   undecodable reply.
     public func execute(_ command: MetaCommand) async throws(CairnError) -> MetaReply {
+        try await executeReportingDirectories(command).reply
+    }
+
+    /// `execute`, plus for a mutation that adds or removes directory entries the attributes of
+    /// the directories it changed, as they stood right after it (see `MetaOperation.changedDirectories`).
+    public func executeReportingDirectories(_ command: MetaCommand) async throws(CairnError) -> (reply: MetaReply, directories: [Attributes]) {
         var request = Cairn_Meta_V1_ExecuteCall()
         request.command = Data(command.encoded())
         let response = try await call { try await $0.stream.call(request) }
         do {
-            return try MetaReply(decoding: Array(response.reply))
+            let reply = try MetaReply(decoding: Array(response.reply))
+            let directories = try response.directories.map { (bytes) throws -> Attributes in
+                guard case .attributes(let attributes) = try MetaReply(decoding: Array(bytes)) else {
+                    throw CairnError(.protocolViolation, "a directory's attributes were not attributes")
+                }
+                return attributes
+            }
+            return (reply, directories)
         } catch {
             throw CairnError(.protocolViolation, "undecodable reply from the metadata service", cause: error)
         }

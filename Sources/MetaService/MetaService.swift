@@ -31,12 +31,13 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
     // MARK: Namespace
 
     public func execute(request: Cairn_Meta_V1_ExecuteRequest, context: ServerContext) async throws -> Cairn_Meta_V1_ExecuteResponse {
-        let (reply, index) = try await withCheckedContinuation { continuation in
+        let executed = try await withCheckedContinuation { continuation in
             execute(request.command) { continuation.resume(returning: $0) }
         }.get()
         var response = Cairn_Meta_V1_ExecuteResponse()
-        response.reply = Data(reply)
-        response.index = index
+        response.reply = Data(executed.reply)
+        response.index = executed.index
+        response.directories = executed.directories
         return response
     }
 
@@ -50,11 +51,12 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
             let id = request.id
             execute(request.command) { result in
                 switch result {
-                case .success((let reply, let index)):
+                case .success(let executed):
                     var answer = Cairn_Meta_V1_ExecuteAnswer()
                     answer.id = id
-                    answer.reply = Data(reply)
-                    answer.index = index
+                    answer.reply = Data(executed.reply)
+                    answer.index = executed.index
+                    answer.directories = executed.directories
                     respond(answer)
                 case .failure(let error):
                     respond(.init(id: id, error: error))
@@ -63,9 +65,17 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
         }
     }
 
+    /// What one namespace operation answered: the encoded reply, the log index (0 for a read),
+    /// and for a mutation the attributes of the directories it changed, right after it.
+    struct Executed: Sendable {
+        var reply: [UInt8]
+        var index: UInt64
+        var directories: [Data] = []
+    }
+
     /// One namespace operation, encoded: a mutation is proposed with the leader's time stamped
     /// in, a read waits for a ReadIndex. `completion` runs once, on the Raft thread or here.
-    func execute(_ encoded: Data, completion: @escaping @Sendable (Result<([UInt8], UInt64), RPCError>) -> Void) {
+    func execute(_ encoded: Data, completion: @escaping @Sendable (Result<Executed, RPCError>) -> Void) {
         guard encoded.count <= limits.commandBytesMax else {
             return completion(.failure(RPCError(code: .invalidArgument,
                                                 message: "command of \(encoded.count) bytes exceeds \(limits.commandBytesMax)")))
@@ -78,10 +88,17 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
         }
         if command.operation.isMutation {
             command.now = clock.now()
-            node.propose(command.encoded()) { completion($0.mapError(\.rpcError)) }
+            let directories = command.operation.changedDirectories
+            node.propose(command.encoded(), afterApply: { machine, reply, index in
+                // On the Raft thread, right after this command: the directories as it left them.
+                Executed(reply: reply, index: index, directories: directories.compactMap { inode in
+                    guard case .success(let attributes) = machine.state.namespace.getattr(inode) else { return nil }
+                    return Data(MetaReply.attributes(attributes).encoded())
+                })
+            }) { completion($0.mapError(\.rpcError)) }
         } else {
             let frozen = command
-            node.read({ $0.read(frozen).encoded() }) { completion($0.map { ($0, 0) }.mapError(\.rpcError)) }
+            node.read({ $0.read(frozen).encoded() }) { completion($0.map { Executed(reply: $0, index: 0) }.mapError(\.rpcError)) }
         }
     }
 

@@ -45,8 +45,15 @@ public final class MetaSession: Sendable {
 
     /// Runs one operation as `credentials` within this session. Reads are not sequenced.
     public func perform(_ operation: MetaOperation, as credentials: Credentials) async throws(CairnError) -> MetaReply {
+        try await performReportingDirectories(operation, as: credentials).reply
+    }
+
+    /// `perform`, plus the attributes of the directories a mutation changed, right after it
+    /// (`MetaClient.executeReportingDirectories`).
+    public func performReportingDirectories(_ operation: MetaOperation, as credentials: Credentials) async throws(CairnError)
+        -> (reply: MetaReply, directories: [Attributes]) {
         guard operation.isMutation else {
-            return try await client.execute(MetaCommand(session: id, credentials: credentials, now: .zero, operation: operation))
+            return (try await client.execute(MetaCommand(session: id, credentials: credentials, now: .zero, operation: operation)), [])
         }
         do {
             try await mutations.acquire()
@@ -55,8 +62,8 @@ public final class MetaSession: Sendable {
         }
         defer { mutations.release() }
         let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
-        return try await client.execute(MetaCommand(session: id, sequence: sequence, credentials: credentials, now: .zero,
-                                                    operation: operation))
+        return try await client.executeReportingDirectories(MetaCommand(session: id, sequence: sequence, credentials: credentials,
+                                                                        now: .zero, operation: operation))
     }
 
     /// Heartbeats every third of the ttl until cancelled. Returns (throwing) if the service

@@ -75,6 +75,20 @@ public enum MetaOperation: Sendable, Hashable {
         default: true
         }
     }
+
+    /// The directories whose entries this operation adds or removes (and so whose size, link
+    /// count and times it changes), in order, without repeats: what a client may want to know
+    /// the attributes of right after it.
+    public var changedDirectories: [InodeNumber] {
+        switch self {
+        case .mkdir(let parent, _, _), .mknod(let parent, _, _, _, _), .symlink(let parent, _, _), .create(let parent, _, _, _),
+             .unlink(let parent, _), .rmdir(let parent, _):
+            [parent]
+        case .link(_, let newParent, _): [newParent]
+        case .rename(let oldParent, _, let newParent, _, _): oldParent == newParent ? [oldParent] : [oldParent, newParent]
+        default: []
+        }
+    }
 }
 
 /// What applying a command answers.

@@ -344,6 +344,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                 break
             }
             let reply = machine.apply(envelope.command, at: entry.index)
+            // The proposer hears right here, before the next entry is applied: its reply may
+            // look at the state as this entry left it (`RaftNode.propose(_:afterApply:completion:)`).
             if envelope.proposer == configuration.id, let proposal = proposals.removeValue(forKey: envelope.serial) {
                 proposal.reply(.success((reply, entry.index)))
                 return

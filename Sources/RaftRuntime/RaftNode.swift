@@ -21,6 +21,8 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
     let transport: RaftTransport
     /// Touched only on the Raft thread (after `init`).
     private let loop: RaftLoop<Machine>
+    /// The state machine, for `propose(_:afterApply:completion:)` bodies (Raft thread only).
+    nonisolated(unsafe) private let machine: Machine
 
     /// Opens the log (recovering it), restores the state machine from the latest snapshot, and
     /// bootstraps a new group if asked to and the directory is empty.
@@ -37,6 +39,7 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
                                   queueMessagesMax: configuration.peerQueueMessagesMax, messageBytesMax: configuration.peerMessageBytesMax,
                                   logger: logger, deliver: { [inbox] message in _ = inbox.post(.message(message), droppable: true) })
         loop = try RaftLoop(configuration: configuration, stateMachine: stateMachine, peers: peers, logger: logger)
+        machine = stateMachine
     }
 
     /// The gRPC service peers ask for this node's Raft port: register it on this node's server.
@@ -59,6 +62,18 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         if !inbox.post(.propose(command, completion), droppable: false) {
             completion(.failure(RaftNodeError(.busy, "Raft inbox is full or the node is stopped")))
         }
+    }
+
+    /// `propose(_:completion:)`, and once the command is applied here, `body` runs on the Raft
+    /// thread right after it — before any later entry is applied — with the state machine, the
+    /// reply and the index: what a caller needs to learn about the state its command left
+    /// (a directory's attributes right after a file was created in it). Keep it short.
+    public func propose<T: Sendable>(_ command: [UInt8], afterApply body: @escaping @Sendable (Machine, [UInt8], UInt64) -> T,
+                                     completion: @escaping @Sendable (Result<T, RaftNodeError>) -> Void) {
+        // A successful proposal's reply is called by the loop's `apply`, on the Raft thread,
+        // directly after the state machine applied the entry (RaftLoop.apply).
+        nonisolated(unsafe) let machine = self.machine
+        propose(command) { result in completion(result.map { body(machine, $0.0, $0.1) }) }
     }
 
     /// Returns once the node has stopped (its Raft thread finished), or when the calling task

@@ -139,6 +139,32 @@ import Testing
             }
             #expect(try await listing(session, rootInode) == ["ok"])
             #expect(await client.converged(cluster))
+
+            // A mutation answers with the directories it changed, as they stood right after it
+            // (what the mount answers the kernel's next getattr with); a read with none.
+            func now(_ inode: InodeNumber) async throws -> [Attributes] {
+                guard case .attributes(let attributes) = try await session.perform(.getattr(inode), as: root) else { return [] }
+                return [attributes]
+            }
+            let (madeA, afterA) = try await session.performReportingDirectories(.mkdir(parent: rootInode, name: name("da"), mode: 0o755), as: root)
+            #expect(try await afterA == now(rootInode))
+            #expect(afterA.first?.nlink == 4, "root holds ok and da")
+            let (madeB, _) = try await session.performReportingDirectories(.mkdir(parent: rootInode, name: name("db"), mode: 0o755), as: root)
+            guard case .attributes(let a) = madeA, case .attributes(let b) = madeB else {
+                Issue.record("mkdir failed: \(madeA) \(madeB)")
+                return
+            }
+            let (_, afterCreate) = try await session.performReportingDirectories(
+                .create(parent: a.inode, name: name("f"), flags: [.write, .create], mode: 0o644), as: root)
+            #expect(try await afterCreate == now(a.inode))
+            #expect(afterCreate.first.map { $0.mtime > a.mtime } == true)
+            let (_, afterRename) = try await session.performReportingDirectories(
+                .rename(oldParent: a.inode, oldName: name("f"), newParent: b.inode, newName: name("g"), flags: []), as: root)
+            #expect(try await afterRename == now(a.inode) + now(b.inode))
+            let (failed, afterFailure) = try await session.performReportingDirectories(.unlink(parent: a.inode, name: name("none")), as: root)
+            #expect(failed == .failure(.ENOENT))
+            #expect(try await afterFailure == now(a.inode))
+            #expect(try await session.performReportingDirectories(.getattr(a.inode), as: root).directories.isEmpty)
         }
     }
 

@@ -74,6 +74,12 @@ public nonisolated struct Cairn_Meta_V1_ExecuteResponse: Sendable {
   /// The log index the command was applied at (0 for reads).
   public var index: UInt64 = 0
 
+  /// For a mutation that adds or removes directory entries (create, mkdir, unlink, rename…):
+  /// the attributes of each directory it changed (MetaState `MetaReply.attributes`
+  /// encodings), as the state stood right after it was applied. A client may answer the
+  /// kernel's next getattr of those directories with them instead of asking again.
+  public var directories: [Data] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -156,6 +162,9 @@ public nonisolated struct Cairn_Meta_V1_ExecuteAnswer: Sendable {
   public var hasError: Bool {self._error != nil}
   /// Clears the value of `error`. Subsequent reads from it will return its default value.
   public mutating func clearError() {self._error = nil}
+
+  /// As in ExecuteResponse.
+  public var directories: [Data] = []
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -505,7 +514,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteRequest: SwiftProtobuf.Message, Swift
 
 nonisolated extension Cairn_Meta_V1_ExecuteResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reply\0\u{1}index\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}reply\0\u{1}index\0\u{1}directories\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -515,6 +524,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteResponse: SwiftProtobuf.Message, Swif
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularBytesField(value: &self.reply) }()
       case 2: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
+      case 3: try { try decoder.decodeRepeatedBytesField(value: &self.directories) }()
       default: break
       }
     }
@@ -527,12 +537,16 @@ nonisolated extension Cairn_Meta_V1_ExecuteResponse: SwiftProtobuf.Message, Swif
     if self.index != 0 {
       try visitor.visitSingularUInt64Field(value: self.index, fieldNumber: 2)
     }
+    if !self.directories.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.directories, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Cairn_Meta_V1_ExecuteResponse, rhs: Cairn_Meta_V1_ExecuteResponse) -> Bool {
     if lhs.reply != rhs.reply {return false}
     if lhs.index != rhs.index {return false}
+    if lhs.directories != rhs.directories {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -675,7 +689,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteStreamResponse: SwiftProtobuf.Message
 
 nonisolated extension Cairn_Meta_V1_ExecuteAnswer: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ExecuteAnswer"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}reply\0\u{1}index\0\u{1}error\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}reply\0\u{1}index\0\u{1}error\0\u{1}directories\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -687,6 +701,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteAnswer: SwiftProtobuf.Message, SwiftP
       case 2: try { try decoder.decodeSingularBytesField(value: &self.reply) }()
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
       case 4: try { try decoder.decodeSingularMessageField(value: &self._error) }()
+      case 5: try { try decoder.decodeRepeatedBytesField(value: &self.directories) }()
       default: break
       }
     }
@@ -709,6 +724,9 @@ nonisolated extension Cairn_Meta_V1_ExecuteAnswer: SwiftProtobuf.Message, SwiftP
     try { if let v = self._error {
       try visitor.visitSingularMessageField(value: v, fieldNumber: 4)
     } }()
+    if !self.directories.isEmpty {
+      try visitor.visitRepeatedBytesField(value: self.directories, fieldNumber: 5)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -717,6 +735,7 @@ nonisolated extension Cairn_Meta_V1_ExecuteAnswer: SwiftProtobuf.Message, SwiftP
     if lhs.reply != rhs.reply {return false}
     if lhs.index != rhs.index {return false}
     if lhs._error != rhs._error {return false}
+    if lhs.directories != rhs.directories {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
