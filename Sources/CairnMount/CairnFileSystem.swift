@@ -260,7 +260,7 @@ public final class CairnFileSystem: FuseFileSystem {
             if openFlags.contains(.truncate) { try await file.flush(handle: nil) }
             let reply = try await perform(.open(node, flags: openFlags), as: Credentials(context))
             guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
-            await registered(opened.handle, file: file, flags: openFlags)
+            await registered(opened.handle, file: file, flags: openFlags, size: opened.attributes.size)
             return FuseOpenedFile(handle: opened.handle)
         } catch {
             releaseFile(node)
@@ -274,13 +274,14 @@ public final class CairnFileSystem: FuseFileSystem {
         let reply = try await perform(.create(parent: parent, name: name.bytes, flags: openFlags, mode: mode & 0o7777), as: Credentials(context))
         guard case .opened(let opened, _) = reply else { throw unexpected(reply) }
         let file = acquireFile(opened.attributes.inode)
-        await registered(opened.handle, file: file, flags: openFlags)
+        await registered(opened.handle, file: file, flags: openFlags, size: opened.attributes.size)
         return (FuseEntry(node: opened.attributes.inode, attributes: opened.attributes.fuse()), FuseOpenedFile(handle: opened.handle))
     }
 
-    private func registered(_ handle: HandleID, file: OpenFile, flags: OpenFlags) async {
+    /// - Parameter size: the file's size as the open left it (its reply).
+    private func registered(_ handle: HandleID, file: OpenFile, flags: OpenFlags, size: UInt64) async {
         handles.withLock { $0[handle] = (file.inode, flags.contains(.write)) }
-        await file.opened(handle: handle, writable: flags.contains(.write), truncated: flags.contains(.truncate))
+        await file.opened(handle: handle, writable: flags.contains(.write), truncated: flags.contains(.truncate), size: size)
     }
 
     public func read(node: UInt64, handle: UInt64, offset: Int64, size: Int, context: FuseRequestContext) async throws -> [UInt8] {

@@ -58,12 +58,14 @@ actor OpenFile {
     var isDirty: Bool { !(buffer?.isClean ?? true) || !pending.isEmpty || !uploads.isEmpty }
 
     /// A new open: close-to-open consistency — a clean file forgets its cached manifest so the
-    /// next read sees what other mounts committed before this open.
-    func opened(handle: HandleID, writable: Bool, truncated: Bool) {
+    /// next read sees what other mounts committed before this open. An empty file (just
+    /// created or truncated, as the open's reply says) has nothing to fetch: its manifest is
+    /// known, and the first write need not ask for it.
+    func opened(handle: HandleID, writable: Bool, truncated: Bool, size: UInt64) {
         if writable { writableHandles.insert(handle) }
         if !isDirty || truncated {
             if truncated { buffer = nil }
-            manifest = nil
+            manifest = size == 0 ? FileManifest(size: 0, extents: []) : nil
         }
     }
 

@@ -41,7 +41,8 @@ public struct ChunkTransferStats: Sendable, Equatable {
     public var dialFailuresTotal = 0
     /// Replica puts that sent the chunk's bytes.
     public var putsTotal = 0
-    /// Replica puts skipped because the server already had the chunk (`has` said so).
+    /// Replica puts skipped because the server already had the chunk (`has` said so; asked
+    /// only for chunks of at least `dedupCheckBytesMin`).
     public var putsSkippedTotal = 0
     /// Whole-chunk gets that returned verified bytes.
     public var getsTotal = 0

@@ -156,6 +156,13 @@ final class Reports: Sendable {
                 #expect(pool.stats.putsTotal == 3 && pool.stats.putsSkippedTotal == 1)
                 _ = try await pool.upload(id, bytes: bytes, candidates: cluster.addresses, replicas: 3)
                 #expect(pool.stats.putsTotal == 3 && pool.stats.putsSkippedTotal == 4)
+                // A small chunk is sent without asking first (the round trip would cost more
+                // than its bytes); a server that has it already keeps its one copy.
+                let (small, smallBytes) = testChunk(ChunkserverPool.dedupCheckBytesMin - 1, seed: 6)
+                _ = try await pool.upload(small, bytes: smallBytes, candidates: cluster.addresses, replicas: 3)
+                _ = try await pool.upload(small, bytes: smallBytes, candidates: cluster.addresses, replicas: 3)
+                #expect(pool.stats.putsTotal == 9 && pool.stats.putsSkippedTotal == 4)
+                for index in 0..<3 { #expect(try await cluster.has(index, small)) }
             }
         }
     }
