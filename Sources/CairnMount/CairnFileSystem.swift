@@ -32,6 +32,10 @@ public final class CairnFileSystem: FuseFileSystem {
     private let handles = Mutex<[HandleID: (inode: InodeNumber, writable: Bool)]>([:])
     /// Directories' attributes as this mount's last mutation in each left them.
     let directories: DirectoryAttributes
+    /// The kernel asks for this attribute before every write() (to drop file capabilities on
+    /// write). The service stores no security.* attributes and answers EOPNOTSUPP for them on
+    /// any inode, so the mount answers so itself instead of a metadata read per write.
+    static let capabilityName = Array("security.capability".utf8)
 
     /// - Parameter attributeTimeout: how long the kernel caches attributes (FUSE's
     ///   `attr_timeout`); a directory's attributes from this mount's own mutations answer a
@@ -365,6 +369,7 @@ public final class CairnFileSystem: FuseFileSystem {
     }
 
     public func getxattr(node: UInt64, name: FuseName, context: FuseRequestContext) async throws -> [UInt8] {
+        if name.bytes == Self.capabilityName && !Namespace.storesXattrNamespace(of: name.bytes) { throw Errno(rawValue: EOPNOTSUPP) }
         let reply = try await perform(.getxattr(node, name: name.bytes, sizeMax: nil), as: Credentials(context))
         guard case .bytes(let value) = reply else { throw unexpected(reply) }
         return value

@@ -956,11 +956,15 @@ extension Namespace {
     /// Namespaces the state machine stores: user.* and trusted.* (security.* and system.* need
     /// policy modules and ACL support this file system does not have).
     func checkXattrNamespace(_ name: [UInt8]) throws(FileSystemError) {
-        for prefix in [Self.userPrefix, Self.trustedPrefix] where name.starts(with: prefix) {
-            if name.count == prefix.count { throw .EINVAL }
-            return
-        }
-        throw .EOPNOTSUPP
+        guard Self.storesXattrNamespace(of: name) else { throw .EOPNOTSUPP }
+        if name == Self.userPrefix || name == Self.trustedPrefix { throw .EINVAL }
+    }
+
+    /// Whether a name's namespace is one the state machine stores. For a valid name outside
+    /// them, every get, set and remove of an existing inode answers EOPNOTSUPP (a client may
+    /// answer so without asking).
+    public static func storesXattrNamespace(of name: [UInt8]) -> Bool {
+        name.starts(with: userPrefix) || name.starts(with: trustedPrefix)
     }
 
     /// Linux xattr_permission.

@@ -1,3 +1,4 @@
+import CCairnLinux
 import CairnCore
 import CairnTestSupport
 import Foundation
@@ -64,7 +65,29 @@ import Testing
         #expect(seen.count == 9 << 20)
         #expect(Array(seen[4_194_000..<4_199_000]) == patch)
         #expect(seen[4_193_999] != 0xAB || seen[4_199_000] != 0xAB)
+
+        // File capabilities: the kernel asks for security.capability before every write; the
+        // mount answers as the service would (no security.* attributes: EOPNOTSUPP) without
+        // asking, and setting one is refused the same way.
+        let capFile = mounted.path("cap.bin")
+        try writeSeededFile(capFile, count: 1000, seed: 4)
+        #expect(capability(of: capFile) == .failure(Errno(rawValue: EOPNOTSUPP)))
+        let blob: [UInt8] = [0, 0, 0, 2, 0, 0x20] + [UInt8](repeating: 0, count: 14)  // vfs_cap_data rev. 2, cap_net_raw
+        #expect(cairn_lsetxattr(capFile, "security.capability", blob, blob.count, 0) == -1 && errno == EOPNOTSUPP)
+        let capFD = open(capFile, O_WRONLY)
+        let head: [UInt8] = [1, 2, 3]
+        #expect(pwrite(capFD, head, head.count, 0) == head.count)
+        #expect(close(capFD) == 0)
+        let capBytes = try testFileBytes(capFile)
+        #expect(Array(capBytes.prefix(3)) == head && capBytes.count == 1000)
         #expect(await mounted.cluster.unmount(second.path) == 0)
+    }
+
+    /// The `security.capability` attribute of `path`, or the errno of reading it.
+    private func capability(of path: String) -> Result<[UInt8], Errno> {
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let n = cairn_lgetxattr(path, "security.capability", &buffer, buffer.count)
+        return n < 0 ? .failure(Errno(rawValue: errno)) : .success(Array(buffer[0..<n]))
     }
 
     /// Errors at start: a missing or non-directory mountpoint, an unreachable metadata service.

@@ -208,6 +208,17 @@ struct NamespaceTests {
         #expect(errno(ns.setxattr(f, n("user.big"), Array(repeating: 0, count: 65537), flags: [], Self.alice, now: Self.t)) == .E2BIG)
         #expect(errno(ns.setxattr(f, n(""), [], flags: [], Self.alice, now: Self.t)) == .ERANGE)
         #expect(errno(ns.setxattr(f, n("other.x"), [], flags: [], Self.alice, now: Self.t)) == .EOPNOTSUPP)
+        // security.* is not stored: EOPNOTSUPP for everyone on every inode, which the mount
+        // answers for security.capability itself (the kernel asks before every write).
+        #expect(!Namespace.storesXattrNamespace(of: n("security.capability")))
+        #expect(Namespace.storesXattrNamespace(of: n("user.a")) && Namespace.storesXattrNamespace(of: n("trusted.t")))
+        for who in [Self.alice, Credentials.root, Credentials(uid: 5, gid: 5)] {
+            for inode in [f, pub, Namespace.rootInode] {
+                #expect(errno(ns.getxattr(inode, n("security.capability"), sizeMax: nil, who)) == .EOPNOTSUPP)
+            }
+            #expect(errno(ns.setxattr(f, n("security.capability"), [1], flags: [], who, now: Self.t)) == .EOPNOTSUPP)
+        }
+        #expect(errno(ns.setxattr(f, n("user."), [1], flags: [], Self.alice, now: Self.t)) == .EINVAL)
         #expect(errno(ns.setxattr(f, n("trusted.t"), [9], flags: [], Self.alice, now: Self.t)) == .EPERM)
         #expect(errno(ns.setxattr(f, n("trusted.t"), [9], flags: [], .root, now: Self.t)) == nil)
         #expect(try ns.listxattr(f, sizeMax: nil, Self.alice).get() == [n("user.a")])
