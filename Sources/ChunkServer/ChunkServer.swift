@@ -35,6 +35,9 @@ public final class ChunkServer: Service, Sendable {
     private struct State {
         var serverChannel: (any Channel)?
         var connections: [ObjectIdentifier: any Channel] = [:]
+        /// Connections accepted and not yet finished (served or refused).
+        var connectionTasks = 0
+        var idleWaiters: [CheckedContinuation<Void, Never>] = []
         var shuttingDown = false
     }
 
@@ -78,9 +81,9 @@ public final class ChunkServer: Service, Sendable {
         threadPool.start()
         defer { threadPool.shutdownGracefully { _ in } }
         let limits = configuration.store.limits
-        let serverChannel: NIOAsyncChannel<NIOAsyncChannel<FramePart, OutboundFrame>, Never>
+        let channel: any Channel
         do {
-            serverChannel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -90,21 +93,22 @@ public final class ChunkServer: Service, Sendable {
                 .childChannelOption(.recvAllocator, value: FrameDecoder.receiveBufferAllocator)
                 // A client that half-closes after pipelining its requests still gets every answer.
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .bind(host: configuration.listen.host, port: configuration.listen.port) { channel in
+                .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(
                             ByteToMessageHandler(FrameDecoder(expecting: .request, limits: limits)))
                         try channel.pipeline.syncOperations.addHandler(FrameEncoder())
-                        return try NIOAsyncChannel<FramePart, OutboundFrame>(
+                        let connection = try NIOAsyncChannel<FramePart, OutboundFrame>(
                             wrappingChannelSynchronously: channel,
                             configuration: .init(backPressureStrategy: .init(lowWatermark: 1, highWatermark: limits.connectionPartsBufferedMax)))
+                        self.accepted(connection)
                     }
                 }
+                .bind(host: configuration.listen.host, port: configuration.listen.port).get()
         } catch {
             bound.withLock { $0.settled = true }
             throw CairnError(.unavailable, "cannot listen on \(configuration.listen)", cause: error)
         }
-        let channel = serverChannel.channel
         let alreadyStopping = state.withLock { s -> Bool in
             s.serverChannel = channel
             return s.shuttingDown
@@ -114,39 +118,69 @@ public final class ChunkServer: Service, Sendable {
         logger.info("chunkserver listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")",
                                                         "data": "\(configuration.store.directory)"])
 
-        try await withGracefulShutdownHandler {
-            try await withThrowingDiscardingTaskGroup { group in
-                if let scrubber {
-                    group.addTask { try await scrubber.run() }
-                }
-                try await serverChannel.executeThenClose { inbound in
-                    for try await connection in inbound {
-                        let admitted = self.state.withLock { s -> Bool in
-                            guard !s.shuttingDown, s.connections.count < limits.connectionsMax else { return false }
-                            s.connections[ObjectIdentifier(connection.channel)] = connection.channel
-                            return true
-                        }
-                        guard admitted else {
-                            self.logger.warning("refusing connection: connectionsMax reached or shutting down")
-                            // Through executeThenClose, not a bare close: a wrapper dropped with its
-                            // writer unfinished is a fatal error in NIO (a connection accepted while the
-                            // server shut down crashed the process so).
-                            try? await connection.executeThenClose { _, _ in }
-                            continue
-                        }
-                        group.addTask {
-                            await self.serve(connection)
-                            _ = self.state.withLock { $0.connections.removeValue(forKey: ObjectIdentifier(connection.channel)) }
-                        }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await withDiscardingTaskGroup { group in
+                    if let scrubber {
+                        group.addTask { try? await scrubber.run() }
                     }
+                    try? await channel.closeFuture.get()
+                    await connectionsFinished()
+                    // Accepting has stopped and every connection is done: stop the scrubber too.
+                    group.cancelAll()
                 }
-                // Accepting has stopped: stop the scrubber too; connections drain on their own.
-                group.cancelAll()
+            } onGracefulShutdown: {
+                self.shutDown()
             }
-        } onGracefulShutdown: {
+        } onCancel: {
             self.shutDown()
         }
         logger.info("chunkserver stopped")
+    }
+
+    /// Takes a connection the listener accepted (on its event loop, as it is set up): serves
+    /// it, or refuses it at `connectionsMax` or while shutting down, in a task of its own that
+    /// holds it until then. Not through the async `bind`'s stream of accepted channels: when
+    /// the listener closes, that stream can drop a channel it accepted but never handed out,
+    /// and a connection dropped before `executeThenClose` ran is a fatal error in NIO
+    /// (apple/swift-nio#2813; it crashed tests that stopped a server while clients dialled).
+    private func accepted(_ connection: NIOAsyncChannel<FramePart, OutboundFrame>) {
+        let limits = configuration.store.limits
+        let key = ObjectIdentifier(connection.channel)
+        let admitted = state.withLock { s -> Bool in
+            s.connectionTasks += 1
+            guard !s.shuttingDown, s.connections.count < limits.connectionsMax else { return false }
+            s.connections[key] = connection.channel
+            return true
+        }
+        Task {
+            if admitted {
+                await self.serve(connection)
+            } else {
+                self.logger.warning("refusing connection: connectionsMax reached or shutting down")
+                try? await connection.executeThenClose { _, _ in }
+            }
+            let waiters = self.state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                s.connections.removeValue(forKey: key)
+                s.connectionTasks -= 1
+                guard s.connectionTasks == 0 else { return [] }
+                defer { s.idleWaiters = [] }
+                return s.idleWaiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+    }
+
+    /// Returns once no connection is being served or refused.
+    private func connectionsFinished() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let idle = state.withLock { s -> Bool in
+                if s.connectionTasks == 0 { return true }
+                s.idleWaiters.append(continuation)
+                return false
+            }
+            if idle { continuation.resume() }
+        }
     }
 
     /// Stops accepting and half-closes every connection's input: each finishes what it has
