@@ -57,17 +57,9 @@ public final class MetaClient: Sendable {
             options.maxResponseMessageBytes = Self.replyBytesMax
             let frozenOptions = options
             return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout) { requests, received in
-                try await stub.executeStream(options: frozenOptions, requestProducer: { writer in
-                    try await requests.forEachBatch { batch in
-                        var message = Cairn_Meta_V1_ExecuteStreamRequest()
-                        message.items = batch
-                        try await writer.write(message)
-                    }
-                }, onResponse: { responses in
-                    for try await message in responses.messages {
-                        for answer in message.items { received(answer) }
-                    }
-                })
+                try await stub.executeStream(options: frozenOptions,
+                                             requestProducer: { try await PipelinedCalls.send(requests, on: $0) },
+                                             onResponse: { try await PipelinedCalls.receive($0, received) })
             })
         }
         let frozen = grpcClients

@@ -280,3 +280,21 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
     }
 }
 
+extension PipelinedCalls {
+    /// A client's sending half of a pipelined stream: each batch `calls` gives is one message.
+    public static func send<Request: PipelinedBatch>(_ calls: BatchQueue<Request.Item>, on writer: RPCWriter<Request>) async throws {
+        try await calls.forEachBatch { batch in
+            var message = Request()
+            message.items = batch
+            try await writer.write(message)
+        }
+    }
+
+    /// A client's receiving half of a pipelined stream: every answer of every message to `received`.
+    public static func receive<Response: PipelinedBatch>(_ response: StreamingClientResponse<Response>,
+                                                         _ received: (Response.Item) -> Void) async throws {
+        for try await message in response.messages {
+            for answer in message.items { received(answer) }
+        }
+    }
+}

@@ -35,17 +35,8 @@ public final class KeyValueClient: Sendable {
         let endpoints = grpcClients.mapValues { client in
             let stub = Stub(wrapping: client)
             return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10)) { requests, received in
-                try await stub.pipeline(requestProducer: { writer in
-                    try await requests.forEachBatch { batch in
-                        var message = Cairn_Kv_V1_PipelineRequest()
-                        message.items = batch
-                        try await writer.write(message)
-                    }
-                }, onResponse: { responses in
-                    for try await message in responses.messages {
-                        for answer in message.items { received(answer) }
-                    }
-                })
+                try await stub.pipeline(requestProducer: { try await PipelinedCalls.send(requests, on: $0) },
+                                        onResponse: { try await PipelinedCalls.receive($0, received) })
             })
         }
         let frozen = grpcClients
