@@ -16,8 +16,9 @@ import Foundation
 /// The `cairn chunkserver` daemon: serves one `ChunkStore` on the chunk data protocol and
 /// scrubs it in the background.
 ///
-/// Each connection is served in its own task; its requests are handled in order (clients
-/// pipeline by sending ahead), with bounded buffering: when a connection has
+/// Each connection is served in its own task; its requests are read in order (clients
+/// pipeline by sending ahead) and answered as each finishes, at most
+/// `requestsPerConnectionMax` at once, with bounded buffering: when a connection has
 /// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it, and a
 /// put holds at most `PutPipeline.partsInflightMax` more parts in its hashing and writing
 /// lanes. At most `transfersMax` puts and gets run at once across all connections.
@@ -196,28 +197,43 @@ public final class ChunkServer: Service, Sendable {
 
     // MARK: One connection
 
+    /// Requests of one connection being answered at once: a put's body is read in order, but
+    /// its commit (fsync, rename) and any get, has, list… run beside the next requests, so a
+    /// client that pipelines on one connection overlaps one chunk's fsync or read with the
+    /// next chunk's transfer. Answers go out as each finishes (matched by request ID).
+    public static let requestsPerConnectionMax = 8
+
     private func serve(_ connection: NIOAsyncChannel<FramePart, OutboundFrame>) async {
         let peer = connection.channel.remoteAddress.map { "\($0)" } ?? "?"
         do {
             try await connection.executeThenClose { inbound, outbound in
-                var parts = inbound.makeAsyncIterator()
-                while true {
-                    let part: FramePart?
-                    do {
-                        part = try await parts.next()
-                    } catch let error as CairnError {
-                        // A framing error: say why, then close.
-                        self.logger.warning("closing connection after a protocol violation", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                        try? await outbound.write(OutboundFrame(kind: .response, requestID: 0, header: try ChunkResponse(error: error).serializedBytes()))
-                        return
+                let slots = AsyncSemaphore(limit: Self.requestsPerConnectionMax)
+                // Answers still being worked on are finished (and written) before the connection closes.
+                try await withThrowingDiscardingTaskGroup { answering in
+                    var parts = inbound.makeAsyncIterator()
+                    while true {
+                        let part: FramePart?
+                        do {
+                            part = try await parts.next()
+                        } catch let error as CairnError {
+                            // A framing error: say why, then close.
+                            self.logger.warning("closing connection after a protocol violation", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                            try? await outbound.write(OutboundFrame(kind: .response, requestID: 0, header: try ChunkResponse(error: error).serializedBytes()))
+                            return
+                        }
+                        guard let part else { return }
+                        guard case .head(let preamble, let header) = part else {
+                            preconditionFailure("frame decoder yielded a body part outside a frame")
+                        }
+                        try await slots.acquire()
+                        let answer = await self.receive(preamble: preamble, header: header, parts: &parts)
+                        answering.addTask {
+                            defer { slots.release() }
+                            let (response, body) = await answer()
+                            try? await outbound.write(OutboundFrame(kind: .response, requestID: preamble.requestID,
+                                                                    header: try response.serializedBytes(), body: body))
+                        }
                     }
-                    guard let part else { return }
-                    guard case .head(let preamble, let header) = part else {
-                        preconditionFailure("frame decoder yielded a body part outside a frame")
-                    }
-                    let (response, body) = await self.handle(preamble: preamble, header: header, parts: &parts)
-                    let headerBytes: [UInt8] = try response.serializedBytes()
-                    try await outbound.write(OutboundFrame(kind: .response, requestID: preamble.requestID, header: headerBytes, body: body))
                 }
             }
         } catch {
@@ -233,8 +249,13 @@ public final class ChunkServer: Service, Sendable {
         throw CairnError(.protocolViolation, "connection closed in the middle of a frame")
     }
 
-    private func handle(preamble: FramePreamble, header: ByteBuffer,
-                        parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async -> (ChunkResponse, ByteBuffer?) {
+    /// What answers one request, once its frame has been read.
+    private typealias Answer = @Sendable () async -> (ChunkResponse, ByteBuffer?)
+
+    /// Reads the rest of one request's frame (a put's body goes to disk as it arrives) and
+    /// returns the work that answers it, to run beside the next requests.
+    private func receive(preamble: FramePreamble, header: ByteBuffer,
+                         parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async -> Answer {
         do {
             let request: ChunkRequest
             do {
@@ -244,23 +265,42 @@ public final class ChunkServer: Service, Sendable {
                 throw CairnError(.invalidArgument, "malformed request header", cause: error)
             }
             if case .put(let put) = request.op {
-                return (try await self.put(put, length: preamble.bodyLength, parts: &parts), nil)
+                let commit = try await self.put(put, length: preamble.bodyLength, parts: &parts)
+                return {
+                    do {
+                        return (try await commit(), nil)
+                    } catch {
+                        return (Self.errorResponse(error), nil)
+                    }
+                }
             }
             if preamble.bodyLength > 0 {
                 try await drainBody(&parts)
                 throw CairnError(.invalidArgument, "only a put carries a body")
             }
             try await drainBody(&parts)
-            return try await handleControl(request)
-        } catch let error as CairnError {
-            return (ChunkResponse(error: error), nil)
+            return {
+                do {
+                    return try await self.handleControl(request)
+                } catch {
+                    return (Self.errorResponse(error), nil)
+                }
+            }
         } catch {
-            return (ChunkResponse(error: CairnError(.internal, "request failed", cause: error)), nil)
+            let response = Self.errorResponse(error)
+            return { (response, nil) }
         }
     }
 
+    private static func errorResponse(_ error: any Error) -> ChunkResponse {
+        ChunkResponse(error: error as? CairnError ?? CairnError(.internal, "request failed", cause: error))
+    }
+
+    /// Receives a put's body (hashed and written as it arrives) and returns its commit: the
+    /// check of the hash, fsync, rename and directory fsync, which holds no buffer and runs
+    /// beside the connection's next requests. The transfer permit is held until it is done.
     private func put(_ request: Cairn_Chunk_V1_PutRequest, length: Int,
-                     parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws -> ChunkResponse {
+                     parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws -> @Sendable () async throws -> ChunkResponse {
         let id: ChunkID
         do {
             id = try ChunkID(field: request.id)
@@ -269,7 +309,8 @@ public final class ChunkServer: Service, Sendable {
             throw error
         }
         try await transfers.acquire()
-        defer { transfers.release() }
+        var permitHandedOn = false
+        defer { if !permitHandedOn { transfers.release() } }
         let session: PutSession
         do {
             session = try await threadPool.runIfActive { [store] in try store.beginPut(id: id, length: length) }
@@ -298,20 +339,25 @@ public final class ChunkServer: Service, Sendable {
             _ = try? await threadPool.runIfActive { session.abort() }
             throw error
         }
-        let failure = await pipeline.finish()
         guard ended else {
             // The peer went away mid-chunk: the session's temp file is removed.
+            _ = await pipeline.finish()
             _ = try? await threadPool.runIfActive { session.abort() }
             throw CairnError(.protocolViolation, "connection closed in the middle of a put")
         }
-        if let failure {
-            _ = try? await threadPool.runIfActive { session.abort() }
-            throw failure
+        permitHandedOn = true
+        let threadPool = self.threadPool, transfers = self.transfers
+        return {
+            defer { transfers.release() }
+            if let failure = await pipeline.finish() {
+                _ = try? await threadPool.runIfActive { session.abort() }
+                throw failure
+            }
+            let outcome = try await threadPool.runIfActive { try session.commit() }
+            var response = ChunkResponse()
+            response.put.alreadyPresent = outcome == .alreadyPresent
+            return response
         }
-        let outcome = try await threadPool.runIfActive { try session.commit() }
-        var response = ChunkResponse()
-        response.put.alreadyPresent = outcome == .alreadyPresent
-        return response
     }
 
     private func handleControl(_ request: ChunkRequest) async throws -> (ChunkResponse, ByteBuffer?) {

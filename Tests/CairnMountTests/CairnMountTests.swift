@@ -98,7 +98,7 @@ import Testing
         #expect(missing.status != 0)
         #expect(missing.stderr.contains("/nonexistent/cairn-mnt"), "\(missing.stderr)")
         let file = logs.path.appending("a-file").string
-        FileManager.default.createFile(atPath: file, contents: Data([1]))
+        _ = FileManager.default.createFile(atPath: file, contents: Data([1]))
         let notDirectory = try runCairn(["mount", "--meta", "127.0.0.1:1", file, "--foreground"], logs: logs)
         #expect(notDirectory.status != 0)
         let directory = TestDirectory("mnt-unreachable")
