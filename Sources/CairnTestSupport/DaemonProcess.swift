@@ -41,8 +41,8 @@ public final class DaemonProcess: @unchecked Sendable {
         process.environment = environment
         stdoutPath = logDirectory.appending("\(name).stdout").string
         stderrPath = logDirectory.appending("\(name).stderr").string
-        FileManager.default.createFile(atPath: stdoutPath, contents: nil)
-        FileManager.default.createFile(atPath: stderrPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: stdoutPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrPath, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: stdoutPath))
         process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: stderrPath))
         try process.run()
@@ -139,8 +139,8 @@ public func runCairn(_ arguments: [String], logs: borrowing TestDirectory) throw
     process.arguments = arguments
     let out = logs.path.appending("run-\(UInt64.random(in: 0...UInt64.max)).out").string
     let err = out + ".err"
-    FileManager.default.createFile(atPath: out, contents: nil)
-    FileManager.default.createFile(atPath: err, contents: nil)
+    _ = FileManager.default.createFile(atPath: out, contents: nil)
+    _ = FileManager.default.createFile(atPath: err, contents: nil)
     process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
     process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
     try process.run()
