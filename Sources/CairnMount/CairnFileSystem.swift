@@ -202,8 +202,9 @@ public final class CairnFileSystem: FuseFileSystem {
 
     /// Whether a setattr is the kernel clearing set-ID bits for a writer who does not own the file.
     private func isKillingSetIDBits(node: UInt64, changes: FuseAttributeChanges, _ credentials: Credentials) async throws -> Bool {
-        guard let mode = changes.mode, !credentials.isRoot, changes.uid == nil, changes.gid == nil, changes.size == nil,
-              changes.atime == .omit, changes.mtime == .omit else { return false }
+        // A truncate by a non-owner carries the kill in the same setattr as the new size and
+        // times (do_truncate), which the kernel has already checked the caller may make.
+        guard let mode = changes.mode, !credentials.isRoot, changes.uid == nil, changes.gid == nil else { return false }
         let current = try attributes(try await perform(.getattr(node), as: credentials))
         let setID: UInt32 = 0o6000
         let requested = mode & 0o7777, existing = current.mode & 0o7777
