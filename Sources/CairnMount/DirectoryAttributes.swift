@@ -15,14 +15,14 @@ final class DirectoryAttributes: Sendable {
     /// Directories remembered at once; beyond it the oldest entries go.
     static let entriesMax = 4096
 
+    /// Every entry is kept for the same time, so the order of `expires` is the order entries
+    /// were recorded in.
     private struct Entry {
         var attributes: Attributes
         var expires: ContinuousClock.Instant
-        var serial: UInt64
     }
     private struct State {
         var entries: [InodeNumber: Entry] = [:]
-        var nextSerial: UInt64 = 0
         var servedTotal: UInt64 = 0
     }
     private let state = Mutex(State())
@@ -39,8 +39,7 @@ final class DirectoryAttributes: Sendable {
                 // Concurrent mutations may answer out of order: keep the later state (the
                 // leader's times never go back).
                 if let kept = s.entries[attributes.inode], kept.attributes.ctime > attributes.ctime { continue }
-                s.nextSerial += 1
-                s.entries[attributes.inode] = Entry(attributes: attributes, expires: expires, serial: s.nextSerial)
+                s.entries[attributes.inode] = Entry(attributes: attributes, expires: expires)
             }
             if s.entries.count > Self.entriesMax {
                 // Expired ones go, then the oldest.
@@ -48,7 +47,7 @@ final class DirectoryAttributes: Sendable {
                 s.entries = s.entries.filter { $0.value.expires > now }
                 let excess = s.entries.count - Self.entriesMax
                 if excess > 0 {
-                    for inode in s.entries.sorted(by: { $0.value.serial < $1.value.serial }).prefix(excess).map(\.key) {
+                    for inode in s.entries.sorted(by: { $0.value.expires < $1.value.expires }).prefix(excess).map(\.key) {
                         s.entries.removeValue(forKey: inode)
                     }
                 }
