@@ -229,7 +229,13 @@ public final class ChunkServer: Service, Sendable {
                         let answer = await self.receive(preamble: preamble, header: header, parts: &parts)
                         answering.addTask {
                             defer { slots.release() }
-                            let (response, body) = await answer()
+                            let response: ChunkResponse, body: ByteBuffer?
+                            do {
+                                (response, body) = try await answer()
+                            } catch {
+                                // Every failure of a request is its answer, with the error's code.
+                                (response, body) = (ChunkResponse(error: error as? CairnError ?? CairnError(.internal, "request failed", cause: error)), nil)
+                            }
                             try? await outbound.write(OutboundFrame(kind: .response, requestID: preamble.requestID,
                                                                     header: try response.serializedBytes(), body: body))
                         }
@@ -249,8 +255,8 @@ public final class ChunkServer: Service, Sendable {
         throw CairnError(.protocolViolation, "connection closed in the middle of a frame")
     }
 
-    /// What answers one request, once its frame has been read.
-    private typealias Answer = @Sendable () async -> (ChunkResponse, ByteBuffer?)
+    /// What answers one request, once its frame has been read; what it throws is the answer.
+    private typealias Answer = @Sendable () async throws -> (ChunkResponse, ByteBuffer?)
 
     /// Reads the rest of one request's frame (a put's body goes to disk as it arrives) and
     /// returns the work that answers it, to run beside the next requests.
@@ -266,34 +272,17 @@ public final class ChunkServer: Service, Sendable {
             }
             if case .put(let put) = request.op {
                 let commit = try await self.put(put, length: preamble.bodyLength, parts: &parts)
-                return {
-                    do {
-                        return (try await commit(), nil)
-                    } catch {
-                        return (Self.errorResponse(error), nil)
-                    }
-                }
+                return { (try await commit(), nil) }
             }
             if preamble.bodyLength > 0 {
                 try await drainBody(&parts)
                 throw CairnError(.invalidArgument, "only a put carries a body")
             }
             try await drainBody(&parts)
-            return {
-                do {
-                    return try await self.handleControl(request)
-                } catch {
-                    return (Self.errorResponse(error), nil)
-                }
-            }
+            return { try await self.handleControl(request) }
         } catch {
-            let response = Self.errorResponse(error)
-            return { (response, nil) }
+            return { throw error }
         }
-    }
-
-    private static func errorResponse(_ error: any Error) -> ChunkResponse {
-        ChunkResponse(error: error as? CairnError ?? CairnError(.internal, "request failed", cause: error))
     }
 
     /// Receives a put's body (hashed and written as it arrives) and returns its commit: the
