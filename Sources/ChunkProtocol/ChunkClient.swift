@@ -134,7 +134,7 @@ public final class ChunkClient: Sendable {
         request.get.id = id.field
         let received = try await exchange(request, body: nil, hashingBody: true)
         let bytes = received.body ?? ByteBuffer()
-        let actual = received.bodyHash ?? SHA256.hash([])
+        guard let actual = received.bodyHash else { throw CairnError(.internal, "a get's response came without its body's hash") }
         guard actual == id else {
             throw CairnError(.corrupt, "chunkserver \(server) returned bytes hashing to \(actual) for \(id)")
         }
@@ -226,7 +226,7 @@ public final class ChunkClient: Sendable {
 
 /// Matches response frames to waiting requests. Lives on the channel's event loop.
 /// A response as the handler hands it over: with the SHA-256 of its body when the request
-/// asked for it (nil otherwise; an absent body hashes as empty).
+/// asked for it (nil otherwise; an absent body hashes as the empty one).
 struct ReceivedResponse: Sendable {
     var response: ChunkResponse
     var body: ByteBuffer?
@@ -237,11 +237,12 @@ final class ResponseHandler: ChannelInboundHandler {
     typealias InboundIn = FramePart
 
     private var waiting: [UInt64: (promise: EventLoopPromise<ReceivedResponse>, hashingBody: Bool)] = [:]
-    private var current: (requestID: UInt64, response: ChunkResponse, body: ByteBuffer?)?
+    /// The response being received; `hashing` when its request asked for the body's hash.
+    private var current: (requestID: UInt64, response: ChunkResponse, body: ByteBuffer?, hashing: Bool)?
     /// The body length of the frame in `current`, from its preamble.
     private var bodyLength = 0
-    /// Fed the body of `current` as it arrives, when its request asked for the body's hash.
-    private var hasher: SHA256?
+    /// Fed the body of `current` as it arrives when it is `hashing` (one hasher, reused).
+    private var hasher = SHA256()
     private var failure: CairnError?
 
     func register(_ requestID: UInt64, _ promise: EventLoopPromise<ReceivedResponse>, hashingBody: Bool) {
@@ -261,19 +262,16 @@ final class ResponseHandler: ChannelInboundHandler {
         case .head(let preamble, let header):
             do {
                 let response = try ChunkResponse(serializedBytes: Array(header.readableBytesView))
-                current = (preamble.requestID, response, nil)
+                let hashing = waiting[preamble.requestID]?.hashingBody == true
+                current = (preamble.requestID, response, nil, hashing)
                 bodyLength = preamble.bodyLength
-                if waiting[preamble.requestID]?.hashingBody == true {
-                    if hasher == nil { hasher = SHA256() } else { hasher!.reset() }
-                }
+                if hashing { hasher.reset() }
             } catch {
                 failAll(context: context, CairnError(.protocolViolation, "malformed response header", cause: error))
             }
         case .body(var part):
             guard current != nil else { return }
-            if let hasher, waiting[current!.requestID]?.hashingBody == true {
-                part.withUnsafeReadableBytes { hasher.update($0) }
-            }
+            if current!.hashing { part.withUnsafeReadableBytes { hasher.update($0) } }
             if current!.body == nil && part.readableBytes == bodyLength {
                 // The whole body in one part: keep the slice, no copy.
                 current!.body = part
@@ -293,7 +291,7 @@ final class ResponseHandler: ChannelInboundHandler {
                 return
             }
             guard let waiter = waiting.removeValue(forKey: done.requestID) else { return }
-            let hash = waiter.hashingBody ? hasher?.finalize() : nil
+            let hash = done.hashing ? hasher.finalize() : nil
             waiter.promise.succeed(ReceivedResponse(response: done.response, body: done.body, bodyHash: hash))
         }
     }
