@@ -39,6 +39,14 @@ public final class MetaClient: Sendable {
     public static func with<T: Sendable>(servers: [HostPort], attemptsMax: Int = 300, callTimeout: Duration = .seconds(10),
                                          _ body: (MetaClient) async throws -> T) async throws -> T {
         precondition(!servers.isEmpty)
+        // The connections and the tasks that write and read their streams share one thread.
+        return try await SharedEventLoop.with { eventLoop in
+            try await with(servers: servers, eventLoop: eventLoop, attemptsMax: attemptsMax, callTimeout: callTimeout, body)
+        }
+    }
+
+    private static func with<T: Sendable>(servers: [HostPort], eventLoop: SharedEventLoop, attemptsMax: Int, callTimeout: Duration,
+                                          _ body: (MetaClient) async throws -> T) async throws -> T {
         var grpcClients: [HostPort: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
         for server in servers where grpcClients[server] == nil {
             grpcClients[server] = GRPCClient(transport: try .http2NIOPosix(
@@ -49,14 +57,14 @@ public final class MetaClient: Sendable {
                     // A replica that stops answering (hung, partitioned) ends the stream.
                     $0.connection.keepalive = .init(time: .seconds(10), timeout: .seconds(5), allowWithoutCalls: false)
                 },
-                serviceConfig: ServiceConfig()))
+                serviceConfig: ServiceConfig(), eventLoopGroup: eventLoop.group))
         }
         let endpoints = grpcClients.mapValues { client in
             let stub = Stub(wrapping: client)
             var options = CallOptions.defaults
             options.maxResponseMessageBytes = Self.replyBytesMax
             let frozenOptions = options
-            return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout) { requests, received in
+            return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout, executor: eventLoop.executor) { requests, received in
                 try await stub.executeStream(options: frozenOptions,
                                              requestProducer: { try await PipelinedCalls.send(requests, on: $0) },
                                              onResponse: { try await PipelinedCalls.receive($0, received) })
@@ -64,7 +72,7 @@ public final class MetaClient: Sendable {
         }
         let frozen = grpcClients
         return try await withThrowingTaskGroup(of: Void.self) { group in
-            for client in frozen.values { group.addTask { try await client.runConnections() } }
+            for client in frozen.values { group.addTask(executorPreference: eventLoop.executor) { try await client.runConnections() } }
             defer {
                 for endpoint in endpoints.values { endpoint.stream.close() }
                 for client in frozen.values { client.beginGracefulShutdown() }

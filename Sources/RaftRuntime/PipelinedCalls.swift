@@ -172,11 +172,16 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
     private let state = Mutex(State())
     private let permits: AsyncSemaphore
     public let callTimeout: Duration
+    /// Where the stream's sending and receiving tasks run (nil: the global pool).
+    private let executor: (any TaskExecutor)?
 
     /// - Parameter inflightMax: calls waiting for an answer at once (more wait for a slot).
-    public init(inflightMax: Int, callTimeout: Duration, open: @escaping Open) {
+    /// - Parameter executor: where the stream's tasks run: the event loop of its connection
+    ///   (`SharedEventLoop`) saves a thread hand-off per message each way.
+    public init(inflightMax: Int, callTimeout: Duration, executor: (any TaskExecutor)? = nil, open: @escaping Open) {
         precondition(callTimeout > .zero)
         self.open = open
+        self.executor = executor
         self.callTimeout = callTimeout
         permits = AsyncSemaphore(limit: inflightMax)
     }
@@ -192,7 +197,7 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
                 return continuation.resume(throwing: RPCError(code: .unavailable, message: "the client is closed"))
             }
             if let start {
-                Task { await self.run(generation: start.generation, requests: start.requests) }
+                Task(executorPreference: executor) { await self.run(generation: start.generation, requests: start.requests) }
             }
             var request = request
             request.id = id

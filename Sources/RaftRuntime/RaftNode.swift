@@ -28,7 +28,10 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
     /// bootstraps a new group if asked to and the directory is empty.
     ///
     /// - Throws: `CairnError` for a bad configuration or a log that cannot be recovered.
-    public init(configuration: RaftNodeConfiguration, stateMachine: Machine, logger: Logger) throws(CairnError) {
+    ///
+    /// - Parameter eventLoop: the thread the node's peer connections and Raft loop run on, to
+    ///   share with the server answering its clients (`SharedEventLoop`); nil: one of its own.
+    public init(configuration: RaftNodeConfiguration, stateMachine: Machine, eventLoop: SharedEventLoop? = nil, logger: Logger) throws(CairnError) {
         try configuration.validate()
         self.configuration = configuration
         self.logger = logger
@@ -37,7 +40,7 @@ public final class RaftNode<Machine: ReplicatedStateMachine>: Service, @unchecke
         transport = RaftTransport(id: configuration.id, listenHost: configuration.peers[configuration.id]!.host,
                                   listenPort: configuration.raftPort, peers: peers.addresses,
                                   queueMessagesMax: configuration.peerQueueMessagesMax, messageBytesMax: configuration.peerMessageBytesMax,
-                                  logger: logger, deliver: { [inbox] message in _ = inbox.post(.message(message), droppable: true) })
+                                  eventLoop: eventLoop, logger: logger, deliver: { [inbox] message in _ = inbox.post(.message(message), droppable: true) })
         loop = try RaftLoop(configuration: configuration, stateMachine: stateMachine, peers: peers, logger: logger)
         machine = stateMachine
     }

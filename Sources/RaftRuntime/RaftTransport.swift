@@ -34,6 +34,8 @@ final class RaftTransport: Sendable {
     let messageBytesMax: Int
     private let logger: Logger
     private let group: MultiThreadedEventLoopGroup
+    /// Whether the group is this transport's own (shut down when it stops) or its owner's.
+    private let ownsGroup: Bool
     /// The group's one event loop: the connections' and the Raft loop's (`RaftLoop.start`).
     let eventLoop: any EventLoop
     private let state: Mutex<State>
@@ -49,8 +51,10 @@ final class RaftTransport: Sendable {
         var stopped = false
     }
 
-    init(id: NodeID, listenHost: String, listenPort: Int, peers: [NodeID: HostPort], queueMessagesMax: Int, messageBytesMax: Int, logger: Logger,
-         deliver: @escaping @Sendable (Message) -> Void) {
+    /// - Parameter eventLoop: the thread to run on, shared with its owner's server (nil: one of
+    ///   its own).
+    init(id: NodeID, listenHost: String, listenPort: Int, peers: [NodeID: HostPort], queueMessagesMax: Int, messageBytesMax: Int,
+         eventLoop shared: SharedEventLoop?, logger: Logger, deliver: @escaping @Sendable (Message) -> Void) {
         self.id = id
         self.listenHost = listenHost
         self.listenPort = listenPort
@@ -58,8 +62,9 @@ final class RaftTransport: Sendable {
         self.queueMessagesMax = queueMessagesMax
         self.messageBytesMax = messageBytesMax
         self.logger = logger
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        eventLoop = group.next()
+        group = shared?.group ?? MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        ownsGroup = shared == nil
+        eventLoop = shared?.eventLoop ?? group.next()
         state = Mutex(State())
         (newLinks, newLinksContinuation) = AsyncStream.makeStream(of: PeerLink.self)
         for (peer, address) in peers.sorted(by: { $0.key < $1.key }) where peer != id { setPeer(peer, address) }
@@ -131,7 +136,7 @@ final class RaftTransport: Sendable {
             }
             tasks.cancelAll()
         }
-        try? await group.shutdownGracefully()
+        if ownsGroup { try? await group.shutdownGracefully() }
     }
 
     func stop() {

@@ -26,22 +26,28 @@ public final class KeyValueClient: Sendable {
 
     /// Connects to every server for the duration of `body`.
     public static func with<T: Sendable>(servers: [HostPort], _ body: (KeyValueClient) async throws -> T) async throws -> T {
+        // The connections and the tasks that write and read their streams share one thread.
+        try await SharedEventLoop.with { eventLoop in try await with(servers: servers, eventLoop: eventLoop, body) }
+    }
+
+    private static func with<T: Sendable>(servers: [HostPort], eventLoop: SharedEventLoop,
+                                          _ body: (KeyValueClient) async throws -> T) async throws -> T {
         var grpcClients: [HostPort: GRPCClient<HTTP2ClientTransport.Posix>] = [:]
         for server in servers {
             grpcClients[server] = GRPCClient(transport: try .http2NIOPosix(
                 target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext,
-                config: .defaults { $0.connection.flushCoalescing = nil }))
+                config: .defaults { $0.connection.flushCoalescing = nil }, eventLoopGroup: eventLoop.group))
         }
         let endpoints = grpcClients.mapValues { client in
             let stub = Stub(wrapping: client)
-            return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10)) { requests, received in
+            return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10), executor: eventLoop.executor) { requests, received in
                 try await stub.pipeline(requestProducer: { try await PipelinedCalls.send(requests, on: $0) },
                                         onResponse: { try await PipelinedCalls.receive($0, received) })
             })
         }
         let frozen = grpcClients
         return try await withThrowingTaskGroup(of: Void.self) { group in
-            for client in frozen.values { group.addTask { try await client.runConnections() } }
+            for client in frozen.values { group.addTask(executorPreference: eventLoop.executor) { try await client.runConnections() } }
             defer {
                 for endpoint in endpoints.values { endpoint.pipeline.close() }
                 for client in frozen.values { client.beginGracefulShutdown() }

@@ -45,9 +45,14 @@ struct KVCommand: AsyncParsableCommand {
             configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
             configuration.entriesKeptBehindSnapshot = entriesBehindSnapshot
+            // The server and the node share one thread (`SharedEventLoop`), stopped after both.
+            try await SharedEventLoop.with { eventLoop in try await serve(configuration, on: eventLoop, logger: logger) }
+        }
+
+        private func serve(_ configuration: RaftNodeConfiguration, on eventLoop: SharedEventLoop, logger: Logger) async throws {
             let node: RaftNode<KeyValueMachine>
             do {
-                node = try RaftNode(configuration: configuration, stateMachine: KeyValueMachine(), logger: logger)
+                node = try RaftNode(configuration: configuration, stateMachine: KeyValueMachine(), eventLoop: eventLoop, logger: logger)
             } catch {
                 printError("cairn kv serve: \(error)")
                 throw ExitCode.failure
@@ -60,11 +65,11 @@ struct KVCommand: AsyncParsableCommand {
                     $0.http2.targetWindowSize = 16 << 20
                     $0.http2.maxFrameSize = 1 << 20
                     $0.connection.flushCoalescing = nil
-                })
+                }, eventLoopGroup: eventLoop.group)
             let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node)])
             let group = ServiceGroup(configuration: .init(
                 // Shut down in reverse: the node first (ending peer streams), then the server.
-                services: [.init(service: GRPCServerService(server: server)), .init(service: node)],
+                services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: node)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }

@@ -51,11 +51,16 @@ struct MetaReplicaCommand: AsyncParsableCommand {
             configuration.tickInterval = .milliseconds(tickMs)
             configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
+            // The server and the node share one thread (`SharedEventLoop`), stopped after both.
+            try await SharedEventLoop.with { eventLoop in try await serve(configuration, on: eventLoop, logger: logger) }
+        }
+
+        private func serve(_ configuration: RaftNodeConfiguration, on eventLoop: SharedEventLoop, logger: Logger) async throws {
             let limits = MetaLimits()
             let node: RaftNode<MetaMachine>
             do {
                 _ = try? FileSystemCalls.mkdir(FilePath(data))
-                node = try RaftNode(configuration: configuration, stateMachine: MetaMachine(limits: limits), logger: logger)
+                node = try RaftNode(configuration: configuration, stateMachine: MetaMachine(limits: limits), eventLoop: eventLoop, logger: logger)
             } catch {
                 printError("cairn meta: \(error)")
                 throw ExitCode.failure
@@ -69,11 +74,11 @@ struct MetaReplicaCommand: AsyncParsableCommand {
                     $0.http2.targetWindowSize = 16 << 20
                     $0.http2.maxFrameSize = 1 << 20
                     $0.connection.flushCoalescing = nil
-                })
+                }, eventLoopGroup: eventLoop.group)
             let server = GRPCServer(transport: transport, services: [node.peerService, service])
             let group = ServiceGroup(configuration: .init(
                 // Shut down in reverse: maintenance, then the node (ending peer streams), then the server.
-                services: [.init(service: GRPCServerService(server: server)), .init(service: node),
+                services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: node),
                            .init(service: MetaMaintenance(service: service, sessionExpiryInterval: .seconds(sessionExpiryInterval)))],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
