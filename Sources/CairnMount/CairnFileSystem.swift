@@ -40,6 +40,9 @@ public final class CairnFileSystem: FuseFileSystem {
     /// - Parameter attributeTimeout: how long the kernel caches attributes (FUSE's
     ///   `attr_timeout`); a directory's attributes from this mount's own mutations answer a
     ///   getattr for no longer than that.
+    /// Metadata requests run on the metadata client's thread (`FuseFileSystem.metadataExecutor`).
+    public var metadataExecutor: (any TaskExecutor)? { session.client.executor }
+
     public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, options: CairnMountOptions, attributeTimeout: Duration,
                 logger: Logger) {
         directories = DirectoryAttributes(keptFor: attributeTimeout)

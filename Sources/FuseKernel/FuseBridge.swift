@@ -47,12 +47,14 @@ final class FuseBridge: Sendable {
     }
 
     /// Answers `req` from a new task running `body`; everything `body` uses was copied already.
-    func dispatch(_ req: fuse_req_t?, _ operation: StaticString,
+    /// A data request (`moves data`: read, write, flush, release, fsync) runs on the global
+    /// pool, any other on the file system's `metadataExecutor`.
+    func dispatch(_ req: fuse_req_t?, _ operation: StaticString, movesData: Bool = false,
                   _ body: @escaping @Sendable (any FuseFileSystem, FuseRequestContext) async throws -> FuseReply) {
         let request = FuseRequest(raw: req!)
         let context = self.context(of: req!)
         inflight.add(1, ordering: .relaxed)
-        Task {
+        Task(executorPreference: movesData ? nil : fileSystem.metadataExecutor) { [self] in
             let reply: FuseReply
             do {
                 reply = try await body(fileSystem, context)

@@ -13,6 +13,11 @@ import SystemPackage
 /// `CairnError` is mapped by its code (see `FuseErrorMapping`); any other error becomes `EIO`
 /// and is logged. Methods are called concurrently, from many tasks at once.
 public protocol FuseFileSystem: Sendable {
+    /// Where the tasks answering metadata requests run (every request but read, write, flush,
+    /// release and fsync, which may hash or copy megabytes): a metadata client's event loop
+    /// (`SharedEventLoop`) lets a lookup go from the kernel to the wire and back without a
+    /// thread hand-off in between. nil: the global pool.
+    var metadataExecutor: (any TaskExecutor)? { get }
     /// The entry `name` in directory `parent`. Throws `ENOENT` if there is none.
     func lookup(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry
     /// The kernel dropped `lookups` of its references to `node` (never throws; no reply).
@@ -83,6 +88,7 @@ public protocol FuseFileSystem: Sendable {
 }
 
 extension FuseFileSystem {
+    public var metadataExecutor: (any TaskExecutor)? { nil }
     public func forget(node: UInt64, lookups: UInt64) async {}
     public func flush(node: UInt64, handle: UInt64, lockOwner: UInt64, context: FuseRequestContext) async throws {}
     public func opendir(node: UInt64, flags: Int32, context: FuseRequestContext) async throws -> FuseOpenedFile {

@@ -27,9 +27,13 @@ public final class MetaClient: Sendable {
     public static let replyBytesMax = 16 << 20
     /// Deadline of one attempt of one call.
     public let callTimeout: Duration
+    /// The thread of this client's connections: a task that runs there and calls this client
+    /// saves a thread hand-off each way (the mount runs its metadata requests there).
+    public let executor: any TaskExecutor
 
-    private init(servers: [HostPort], endpoints: [HostPort: Endpoint], attemptsMax: Int, callTimeout: Duration) {
+    private init(servers: [HostPort], endpoints: [HostPort: Endpoint], attemptsMax: Int, callTimeout: Duration, executor: any TaskExecutor) {
         self.servers = servers
+        self.executor = executor
         self.callTimeout = callTimeout
         leader = LeaderFollower(servers: servers, clients: endpoints, attemptsMax: attemptsMax)
     }
@@ -77,7 +81,8 @@ public final class MetaClient: Sendable {
                 for endpoint in endpoints.values { endpoint.stream.close() }
                 for client in frozen.values { client.beginGracefulShutdown() }
             }
-            return try await body(MetaClient(servers: servers, endpoints: endpoints, attemptsMax: attemptsMax, callTimeout: callTimeout))
+            return try await body(MetaClient(servers: servers, endpoints: endpoints, attemptsMax: attemptsMax, callTimeout: callTimeout,
+                                        executor: eventLoop.executor))
         }
     }
 
