@@ -158,18 +158,38 @@ public struct FrameDecoder: ByteToMessageDecoder, Sendable {
     }
 }
 
-/// A whole outbound frame: preamble, header bytes, body bytes.
+/// An outbound frame: preamble, header bytes, body bytes. A frame whose body is large and
+/// read in parts goes as a head (`streamed(…)`, its preamble declaring the body's length) and
+/// then `bodyPart`s adding up to exactly that length, with nothing else written in between.
 public struct OutboundFrame: Sendable {
     public var kind: FramePreamble.Kind
     public var requestID: UInt64
     public var header: [UInt8]
     public var body: ByteBuffer?
+    /// A streamed frame's declared body length (its body follows as parts); nil: `body` is it.
+    public private(set) var streamedBodyLength: Int?
+    /// Bytes of the body of the streamed frame written last (no preamble, no header).
+    public private(set) var isBodyPart = false
 
     public init(kind: FramePreamble.Kind, requestID: UInt64, header: [UInt8], body: ByteBuffer? = nil) {
         self.kind = kind
         self.requestID = requestID
         self.header = header
         self.body = body
+    }
+
+    /// The head of a frame whose `bodyLength` bytes of body follow as `bodyPart`s.
+    public static func streamed(kind: FramePreamble.Kind, requestID: UInt64, header: [UInt8], bodyLength: Int) -> OutboundFrame {
+        var frame = OutboundFrame(kind: kind, requestID: requestID, header: header)
+        frame.streamedBodyLength = bodyLength
+        return frame
+    }
+
+    /// The next bytes of the body of the streamed frame written last.
+    public static func bodyPart(_ bytes: ByteBuffer) -> OutboundFrame {
+        var frame = OutboundFrame(kind: .response, requestID: 0, header: [], body: bytes)
+        frame.isBodyPart = true
+        return frame
     }
 }
 
@@ -183,9 +203,13 @@ public final class FrameEncoder: ChannelOutboundHandler, Sendable {
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = unwrapOutboundIn(data)
+        if frame.isBodyPart {
+            context.write(wrapOutboundOut(frame.body ?? context.channel.allocator.buffer(capacity: 0)), promise: promise)
+            return
+        }
         var head = context.channel.allocator.buffer(capacity: FramePreamble.byteCount + frame.header.count)
         FramePreamble(kind: frame.kind, requestID: frame.requestID, headerLength: frame.header.count,
-                      bodyLength: frame.body?.readableBytes ?? 0).write(to: &head)
+                      bodyLength: frame.streamedBodyLength ?? frame.body?.readableBytes ?? 0).write(to: &head)
         head.writeBytes(frame.header)
         if let body = frame.body, body.readableBytes > 0 {
             context.write(wrapOutboundOut(head), promise: nil)

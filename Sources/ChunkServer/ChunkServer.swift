@@ -208,6 +208,8 @@ public final class ChunkServer: Service, Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let slots = AsyncSemaphore(limit: Self.requestsPerConnectionMax)
+                // One answer is written at a time: a streamed body's parts must follow its head.
+                let writer = AnswerWriter(outbound: outbound, channel: connection.channel, peer: peer)
                 // Answers still being worked on are finished (and written) before the connection closes.
                 try await withThrowingDiscardingTaskGroup { answering in
                     var parts = inbound.makeAsyncIterator()
@@ -218,7 +220,7 @@ public final class ChunkServer: Service, Sendable {
                         } catch let error as CairnError {
                             // A framing error: say why, then close.
                             self.logger.warning("closing connection after a protocol violation", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                            try? await outbound.write(OutboundFrame(kind: .response, requestID: 0, header: try ChunkResponse(error: error).serializedBytes()))
+                            await self.send(.whole(ChunkResponse(error: error), nil), requestID: 0, with: writer)
                             return
                         }
                         guard let part else { return }
@@ -229,15 +231,14 @@ public final class ChunkServer: Service, Sendable {
                         let answer = await self.receive(preamble: preamble, header: header, parts: &parts)
                         answering.addTask {
                             defer { slots.release() }
-                            let response: ChunkResponse, body: ByteBuffer?
+                            let reply: Reply
                             do {
-                                (response, body) = try await answer()
+                                reply = try await answer()
                             } catch {
                                 // Every failure of a request is its answer, with the error's code.
-                                (response, body) = (ChunkResponse(error: error as? CairnError ?? CairnError(.internal, "request failed", cause: error)), nil)
+                                reply = .whole(ChunkResponse(error: error as? CairnError ?? CairnError(.internal, "request failed", cause: error)), nil)
                             }
-                            try? await outbound.write(OutboundFrame(kind: .response, requestID: preamble.requestID,
-                                                                    header: try response.serializedBytes(), body: body))
+                            await self.send(reply, requestID: preamble.requestID, with: writer)
                         }
                     }
                 }
@@ -256,7 +257,109 @@ public final class ChunkServer: Service, Sendable {
     }
 
     /// What answers one request, once its frame has been read; what it throws is the answer.
-    private typealias Answer = @Sendable () async throws -> (ChunkResponse, ByteBuffer?)
+    private typealias Answer = @Sendable () async throws -> Reply
+
+    /// A request's answer: a response with its whole body, or (a whole-chunk get) a response
+    /// whose body is read and sent in parts (`streamedPartBytes`), each checked before it
+    /// leaves, so that the first bytes are on the wire while the rest is still being read.
+    private enum Reply: Sendable {
+        case whole(ChunkResponse, ByteBuffer?)
+        case streamed(ChunkResponse, StreamedBody)
+    }
+
+    /// A chunk being sent in parts, and the transfer permit it holds until it is sent.
+    private struct StreamedBody: Sendable {
+        let reader: ChunkPartReader
+        let releasePermit: @Sendable () -> Void
+    }
+
+    /// The parts a whole-chunk get is read and sent in: whole checksum blocks up to this size.
+    public static let streamedPartBytes = 512 << 10
+
+    /// The answers of one connection, written one at a time.
+    private struct AnswerWriter: Sendable {
+        let outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>
+        let channel: any Channel
+        let peer: String
+        let lock = AsyncSemaphore(limit: 1)
+    }
+
+    /// Writes one answer. A streamed body's parts are read (on the thread pool) and written one
+    /// after another, each checked first. When a part fails its check (the chunk is quarantined
+    /// then), the rest of the promised body goes as zeros: the client's SHA-256 of the whole
+    /// chunk then fails and it reports the replica corrupt, as it would a whole answer that
+    /// failed; no unchecked byte of the chunk leaves. Any other failure part-way (a read error)
+    /// leaves the frame short of what its head promised, and the connection is closed.
+    private func send(_ reply: Reply, requestID: UInt64, with writer: AnswerWriter) async {
+        var streamed: StreamedBody?
+        if case .streamed(_, let body) = reply { streamed = body }
+        defer {
+            streamed?.reader.close()
+            streamed?.releasePermit()
+        }
+        guard (try? await writer.lock.acquire()) != nil else { return }
+        defer { writer.lock.release() }
+        switch reply {
+        case .whole(let response, let body):
+            try? await writer.outbound.write(OutboundFrame(kind: .response, requestID: requestID,
+                                                           header: (try? response.serializedBytes()) ?? [], body: body))
+        case .streamed(let response, let body):
+            let reader = body.reader, threadPool = self.threadPool
+            var sent = 0, headWritten = false
+            do {
+                try await writer.outbound.write(.streamed(kind: .response, requestID: requestID, header: try response.serializedBytes(),
+                                                          bodyLength: reader.chunkLength))
+                headWritten = true
+                while let part = try await threadPool.runIfActive({ () throws -> ByteBuffer? in
+                    try reader.read(bytesMax: Self.streamedPartBytes, into: Self.byteBuffer(ByteBufferAllocator()))
+                }) {
+                    sent += part.readableBytes
+                    try await writer.outbound.write(.bodyPart(part))
+                }
+                guard sent == reader.chunkLength else {
+                    throw CairnError(.internal, "sent \(sent) of \(reader.chunkLength) bytes")
+                }
+            } catch let error as CairnError where error.code == .corrupt && headWritten {
+                do {
+                    try await Self.writeZeros(reader.chunkLength - sent, to: writer.outbound)
+                } catch {
+                    writer.channel.close(promise: nil)
+                }
+            } catch {
+                logger.warning("closing connection: a get failed part-way through its body",
+                               metadata: ["peer": "\(writer.peer)", "chunk": "\(reader.id)", "sent": "\(sent)", "error": "\(error)"])
+                writer.channel.close(promise: nil)
+            }
+        }
+    }
+
+    /// Completes a streamed body with `count` zero bytes.
+    private static func writeZeros(_ count: Int, to outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>) async throws {
+        var left = count
+        while left > 0 {
+            let n = min(left, streamedPartBytes)
+            var zeros = ByteBufferAllocator().buffer(capacity: n)
+            zeros.writeRepeatingByte(0, count: n)
+            try await outbound.write(.bodyPart(zeros))
+            left -= n
+        }
+    }
+
+    /// Makes a buffer of `count` bytes filled by `fill`: the `output` of a chunk store read that
+    /// reads straight into a network buffer.
+    private static func byteBuffer(_ allocator: ByteBufferAllocator)
+        -> (_ count: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> ByteBuffer {
+        { (count, fill) throws(CairnError) -> ByteBuffer in
+            var buffer = allocator.buffer(capacity: count)
+            _ = try typedCairnErrors {
+                try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+                    try fill(UnsafeMutableRawBufferPointer(rebasing: raw[..<count]))
+                    return count
+                }
+            }
+            return buffer
+        }
+    }
 
     /// Reads the rest of one request's frame (a put's body goes to disk as it arrives) and
     /// returns the work that answers it, to run beside the next requests.
@@ -272,7 +375,7 @@ public final class ChunkServer: Service, Sendable {
             }
             if case .put(let put) = request.op {
                 let commit = try await self.put(put, length: preamble.bodyLength, parts: &parts)
-                return { (try await commit(), nil) }
+                return { .whole(try await commit(), nil) }
             }
             if preamble.bodyLength > 0 {
                 try await drainBody(&parts)
@@ -349,14 +452,15 @@ public final class ChunkServer: Service, Sendable {
         }
     }
 
-    private func handleControl(_ request: ChunkRequest) async throws -> (ChunkResponse, ByteBuffer?) {
+    private func handleControl(_ request: ChunkRequest) async throws -> Reply {
         var response = ChunkResponse()
         let store = self.store
         switch request.op {
         case .get(let get):
             let id = try ChunkID(field: get.id)
             try await transfers.acquire()
-            defer { transfers.release() }
+            var permitHandedOn = false
+            defer { if !permitHandedOn { transfers.release() } }
             guard get.offset <= UInt64(Int.max), get.length <= UInt64(configuration.store.limits.chunkBytesMax) else {
                 throw CairnError(.invalidArgument, "range \(get.offset)+\(get.length) is out of bounds")
             }
@@ -367,21 +471,19 @@ public final class ChunkServer: Service, Sendable {
             // it returns); `verify` and the scrubber still re-hash with SHA-256 here, and a
             // missing or damaged checksum file falls back to SHA-256 (`ChunkStore.read`).
             // Re-hashing on both sides would spend a second core on each byte.
-            let allocator = ByteBufferAllocator()
+            if get.offset == 0 && get.length == 0 && !get.withChecksums,
+               let reader = try await threadPool.runIfActive({ try store.openParts(id) }) {
+                // A whole chunk goes in parts, read and checked as the previous ones are sent.
+                response.get.chunkLength = UInt64(reader.chunkLength)
+                permitHandedOn = true
+                let transfers = self.transfers
+                return .streamed(response, StreamedBody(reader: reader, releasePermit: { transfers.release() }))
+            }
             let offset = Int(get.offset)
             let length = get.length == 0 ? nil : Int(get.length)
             let withChecksums = get.withChecksums
             let (body, chunkLength, blocks) = try await threadPool.runIfActive { () throws -> (ByteBuffer, Int, VerifiedBlocks) in
-                let read = try store.read(id, offset: offset, length: length) { (count, fill) throws(CairnError) -> ByteBuffer in
-                    var buffer = allocator.buffer(capacity: count)
-                    _ = try typedCairnErrors {
-                        try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-                            try fill(UnsafeMutableRawBufferPointer(rebasing: raw[..<count]))
-                            return count
-                        }
-                    }
-                    return buffer
-                }
+                let read = try store.read(id, offset: offset, length: length, into: Self.byteBuffer(ByteBufferAllocator()))
                 var body = read.output
                 if !withChecksums {
                     body.moveWriterIndex(to: read.range.upperBound)
@@ -396,7 +498,7 @@ public final class ChunkServer: Service, Sendable {
                 response.get.blockBytes = UInt32(blocks.blockBytes)
                 response.get.blockChecksums = blocks.checksums
             }
-            return (response, body)
+            return .whole(response, body)
         case .has(let has):
             guard has.ids.count <= configuration.store.limits.batchIDsMax else {
                 throw CairnError(.tooLarge, "has of \(has.ids.count) IDs exceeds batchIDsMax \(configuration.store.limits.batchIDsMax)")
@@ -450,6 +552,6 @@ public final class ChunkServer: Service, Sendable {
         case nil:
             throw CairnError(.invalidArgument, "request names no operation")
         }
-        return (response, nil)
+        return .whole(response, nil)
     }
 }

@@ -394,18 +394,51 @@ public final class ChunkStore: Sendable {
         let out = try output(stop - start) { (raw) throws(CairnError) in
             precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
             try preadFully(fd, into: raw, at: start, id: id)
-            for block in blocks {
-                let lo = block * sums.blockBytes - start
-                let hi = min(lo + sums.blockBytes, raw.count)
-                if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[lo..<hi])) != sums.checksums[block] {
-                    counters.withLock { $0.corruptReadTotal += 1 }
-                    quarantine(id, reason: "a block failed its checksum")
-                    throw CairnError(.corrupt, "chunk \(id) is corrupt (block checksum mismatch); quarantined")
-                }
-            }
+            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, from: start, against: sums, of: id)
         }
         return (out, (offset - start)..<(end - start), size,
                 VerifiedBlocks(offset: start, blockBytes: sums.blockBytes, checksums: Array(sums.checksums[blocks])))
+    }
+
+    /// Opens a whole chunk to be read in parts of whole checksum blocks, each part checked
+    /// against its CRC-32Cs before it is handed out (`ChunkPartReader.read`): a server sends the
+    /// first part while it reads the next instead of reading and checking 4 MiB first. nil when
+    /// the checksum file is missing or damaged: then `get` reads the chunk whole, re-hashes it
+    /// and rewrites the file.
+    ///
+    /// - Throws: `.notFound`, `.corrupt` (an oversized file, quarantined), `.io`.
+    public func openParts(_ id: ChunkID) throws(CairnError) -> ChunkPartReader? {
+        let fd = try openChunk(id)
+        do {
+            let size = try chunkSize(fd, id)
+            guard let sums = loadChecksums(id, chunkLength: size) else {
+                try? fd.close()
+                return nil
+            }
+            return ChunkPartReader(store: self, id: id, fd: fd, sums: sums)
+        } catch {
+            try? fd.close()
+            throw error
+        }
+    }
+
+    /// Checks `raw`, the bytes of `blocks` read from offset `start`, against their checksums;
+    /// quarantines the chunk and throws `.corrupt` at the first that fails.
+    fileprivate func checkBlocks(_ raw: UnsafeRawBufferPointer, blocks: Range<Int>, from start: Int,
+                                 against sums: BlockChecksums, of id: ChunkID) throws(CairnError) {
+        for block in blocks {
+            let lo = block * sums.blockBytes - start
+            let hi = min(lo + sums.blockBytes, raw.count)
+            if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[lo..<hi])) != sums.checksums[block] {
+                counters.withLock { $0.corruptReadTotal += 1 }
+                quarantine(id, reason: "a block failed its checksum")
+                throw CairnError(.corrupt, "chunk \(id) is corrupt (block checksum mismatch); quarantined")
+            }
+        }
+    }
+
+    fileprivate func readPart(_ fd: FileDescriptor, into raw: UnsafeMutableRawBufferPointer, at offset: Int, id: ChunkID) throws(CairnError) {
+        try preadFully(fd, into: raw, at: offset, id: id)
     }
 
     /// Re-hashes a stored chunk and checks its block checksums, quarantining it if either fails.
@@ -627,5 +660,55 @@ public final class ChunkStore: Sendable {
             return CairnError(.insufficientSpace, "\(message): disk full", cause: errno)
         }
         return CairnError(.io, message, cause: error)
+    }
+}
+
+/// A whole chunk being read in parts (`ChunkStore.openParts`): each `read` hands out the next
+/// whole checksum blocks, checked. Used by one task at a time, from a thread that may block;
+/// `close()` when done (also after a failure).
+public final class ChunkPartReader: @unchecked Sendable {
+    private let store: ChunkStore
+    public let id: ChunkID
+    private let fd: FileDescriptor
+    private let sums: BlockChecksums
+    /// Where the next part starts (a block boundary).
+    private var offset = 0
+
+    fileprivate init(store: ChunkStore, id: ChunkID, fd: FileDescriptor, sums: BlockChecksums) {
+        self.store = store
+        self.id = id
+        self.fd = fd
+        self.sums = sums
+    }
+
+    public var chunkLength: Int { sums.chunkLength }
+
+    /// Reads the next part, whole blocks of at most `bytesMax` bytes (at least one block), into
+    /// storage `output` makes (as `ChunkStore.read(_:offset:length:into:)`); nil once the
+    /// chunk is all read.
+    ///
+    /// - Throws: `.corrupt` (the chunk is quarantined) when a block fails its checksum or the
+    ///   file shrank; `.io`; what `output` throws.
+    public func read<Output>(bytesMax: Int,
+                             into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
+        throws(CairnError) -> Output? {
+        guard offset < sums.chunkLength else { return nil }
+        let blockCount = max(1, bytesMax / sums.blockBytes)
+        let first = offset / sums.blockBytes
+        let blocks = first..<min(first + blockCount, sums.checksums.count)
+        let start = offset
+        let stop = min(blocks.upperBound * sums.blockBytes, sums.chunkLength)
+        let (store, fd, sums, id) = (self.store, self.fd, self.sums, self.id)
+        let out = try output(stop - start) { (raw) throws(CairnError) in
+            precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
+            try store.readPart(fd, into: raw, at: start, id: id)
+            try store.checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, from: start, against: sums, of: id)
+        }
+        offset = stop
+        return out
+    }
+
+    public func close() {
+        try? fd.close()
     }
 }

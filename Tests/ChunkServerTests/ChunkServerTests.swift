@@ -1,4 +1,5 @@
 import CairnCore
+import Foundation
 import CairnTestSupport
 import ChunkProtocol
 import ChunkServer
@@ -290,6 +291,50 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
             #expect(await errorCode { _ = try await client.get(id) } == .corrupt)
             #expect(try await client.stat().quarantinedTotal == 1)
             #expect(try await client.has([id]) == [false])
+            await client.close()
+        }
+    }
+
+    /// A whole chunk goes out in parts (`streamedPartBytes`), each checked as it is read: a
+    /// flipped byte in a later part, after good parts were sent, still fails the get as
+    /// corrupt (the rest of the body is zeros, which the client's SHA-256 rejects), the chunk is
+    /// quarantined, and the same connection goes on answering.
+    @Test func aFlippedByteInALaterPartFailsTheGetAndTheConnectionGoesOn() async throws {
+        let dir = TestDirectory("server")
+        try await withChunkServer(directory: dir.path) { _, address in
+            let client = try await ChunkClient.connect(to: address)
+            let (victim, victimBytes) = testChunk(4 << 20, seed: 31)
+            let (other, otherBytes) = testChunk(3 << 20 + 12_345, seed: 32)
+            try await client.put(victim, bytes: victimBytes)
+            try await client.put(other, bytes: otherBytes)
+            #expect(try await client.get(victim) == victimBytes)
+            // Past the first two parts.
+            let offset = Int64(2 * ChunkServer.streamedPartBytes + 4_321)
+            try flipByte(in: dir.path.appending("chunks").appending(String(victim.hex.prefix(2))).appending(victim.hex), at: offset)
+            #expect(await errorCode { _ = try await client.get(victim) } == .corrupt)
+            #expect(try await client.get(other) == otherBytes)
+            #expect(try await client.stat().quarantinedTotal == 1)
+            #expect(try await client.has([victim, other]) == [false, true])
+            await client.close()
+        }
+    }
+
+    /// Without its checksum file a chunk is re-hashed whole (not streamed), served, and the file rewritten.
+    @Test func aChunkWithoutItsChecksumFileIsReHashedAndServedWhole() async throws {
+        let dir = TestDirectory("server")
+        try await withChunkServer(directory: dir.path) { _, address in
+            let client = try await ChunkClient.connect(to: address)
+            let (id, bytes) = testChunk(2 << 20 + 7, seed: 33)
+            try await client.put(id, bytes: bytes)
+            let sums = dir.path.appending("sums").appending(String(id.hex.prefix(2))).appending(id.hex)
+            guard FileManager.default.fileExists(atPath: sums.string) else {
+                Issue.record("no checksum file at \(sums)")
+                return
+            }
+            try FileManager.default.removeItem(atPath: sums.string)
+            #expect(try await client.get(id) == bytes)
+            #expect(FileManager.default.fileExists(atPath: sums.string))
+            #expect(try await client.get(id) == bytes)
             await client.close()
         }
     }
