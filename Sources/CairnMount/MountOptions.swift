@@ -10,8 +10,10 @@ public struct CairnMountOptions: Sendable, Equatable {
     public var dirtyBytesPerFileMax = 64 << 20
     /// Chunk uploads in flight at once over the whole mount.
     public var uploadsInflightMax = 8
-    /// Chunks read ahead of a sequential reader.
-    public var readaheadChunks = 2
+    /// Chunks read ahead of a sequential reader (`-o readahead=N`). Measured with fio (1 GiB,
+    /// 1 MiB sequential reads, cold caches, `cairn up` with R=2): 2 ahead 544-555 MB/s, 4 ahead
+    /// 601-655, 8 ahead 617-651.
+    public var readaheadChunks = 4
     /// Uploaded extents held before they are committed even without a flush.
     public var pendingExtentsMax = 16
     /// How long the session survives without heartbeats (open-but-unlinked files live as long).

@@ -106,6 +106,9 @@ enum MountOptionsParser {
             case "cache_size":
                 guard let value, let bytes = ByteCount.parse(value), bytes > 0 else { throw ValidationError("cache_size needs a size, e.g. 512M") }
                 cairn.chunkCacheBytes = Int(bytes)
+            case "readahead":
+                guard let value, let chunks = Int(value) else { throw ValidationError("readahead needs a number of chunks") }
+                cairn.readaheadChunks = chunks
             case "replicas", "r":
                 guard let value, let replicas = Int(value) else { throw ValidationError("replicas needs a number") }
                 cairn.replicas = replicas
