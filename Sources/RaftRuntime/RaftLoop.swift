@@ -20,6 +20,10 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
 
     private var applied: UInt64
     private var lastSnapshotIndex: UInt64
+    /// The size of the latest snapshot (taken or restored), and the bytes of the entries applied
+    /// since: a snapshot is only worth taking once the log behind it is about as large.
+    private var lastSnapshotBytes = 0
+    private var appliedBytesSinceSnapshot = 0
     private var nextSerial: UInt64 = 1
     /// Proposals of this node waiting to be applied, by serial.
     private var proposals: [UInt64: PendingProposal] = [:]
@@ -75,6 +79,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         if !snapshot.isEmpty { try stateMachine.restore(snapshot.data) }
         applied = snapshot.metadata.index
         lastSnapshotIndex = snapshot.metadata.index
+        lastSnapshotBytes = snapshot.data.count
         do {
             node = try RawNode(config: configuration.coreConfig(applied: applied), storage: storage)
         } catch {
@@ -299,6 +304,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                 try machine.restore(snapshot.data)
                 applied = snapshot.metadata.index
                 lastSnapshotIndex = snapshot.metadata.index
+                lastSnapshotBytes = snapshot.data.count
+                appliedBytesSinceSnapshot = 0
             }
             // 3. Send (only after persisting: votes and acks promise what was just written).
             if logger.logLevel <= .trace {
@@ -335,6 +342,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     private func apply(_ entry: Entry) throws(CairnError) {
         if entry.index <= applied { return }
         applied = entry.index
+        appliedBytesSinceSnapshot += entry.data.count
         let ours = proposalAtIndex.removeValue(forKey: entry.index)
         switch entry.kind {
         case .normal:
@@ -393,11 +401,19 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     }
 
     private func maybeSnapshot() throws(CairnError) {
-        guard applied >= lastSnapshotIndex + configuration.snapshotEveryEntries || (membershipChanged && applied > lastSnapshotIndex) else { return }
+        let since = applied - lastSnapshotIndex
+        // Every `snapshotEveryEntries` at most, and only once the log behind the last snapshot
+        // holds as many bytes as it did (or `snapshotEntriesMax` entries): serializing a large
+        // state for a few small entries cost a quarter of the throughput under load.
+        let due = since >= configuration.snapshotEveryEntries
+            && (appliedBytesSinceSnapshot >= lastSnapshotBytes || since >= configuration.snapshotEntriesMax)
+        guard due || (membershipChanged && applied > lastSnapshotIndex) else { return }
         membershipChanged = false
         let data = machine.snapshot()
         try storage.createSnapshot(at: applied, confState: node.confState, data: data)
         lastSnapshotIndex = applied
+        lastSnapshotBytes = data.count
+        appliedBytesSinceSnapshot = 0
         logger.info("snapshot taken", metadata: ["index": "\(applied)", "bytes": "\(data.count)"])
     }
 

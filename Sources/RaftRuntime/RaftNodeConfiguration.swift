@@ -21,8 +21,15 @@ public struct RaftNodeConfiguration: Sendable {
     public var tickInterval: Duration = .milliseconds(20)
     public var electionTicks = 10
     public var heartbeatTicks = 2
-    /// Take a state-machine snapshot (and compact the log) every this many applied entries.
+    /// Take a state-machine snapshot (and compact the log) after at least this many applied
+    /// entries, once the entries applied since the last snapshot hold at least as many bytes
+    /// as that snapshot (or `snapshotEntriesMax` were applied): the work of snapshots then grows
+    /// with what is written, not with the size of the state times the write rate. Measured on
+    /// `cairn kv` at 64 proposers: a fixed 10,000-entry interval cost ~25 % of the puts/s.
     public var snapshotEveryEntries: UInt64 = 10_000
+    /// A snapshot is taken after this many applied entries whatever their size (bounds the
+    /// log kept in memory and replayed on restart).
+    public var snapshotEntriesMax: UInt64 = 1_000_000
     /// Entries kept behind a snapshot for followers that are only a little behind.
     public var entriesKeptBehindSnapshot: UInt64 = 1_000
     /// A proposal or read that is not done by then fails (its outcome unknown for a proposal).
@@ -56,7 +63,9 @@ public struct RaftNodeConfiguration: Sendable {
         guard peers[id] != nil else { throw CairnError(.invalidArgument, "the peer list must include this node (\(id))") }
         guard (0...65535).contains(raftPort) else { throw CairnError(.invalidArgument, "raftPort must be 0...65535") }
         guard tickInterval >= .milliseconds(1) else { throw CairnError(.invalidArgument, "tickInterval must be at least 1 ms") }
-        guard snapshotEveryEntries > 0 else { throw CairnError(.invalidArgument, "snapshotEveryEntries must be positive") }
+        guard snapshotEveryEntries > 0, snapshotEntriesMax >= snapshotEveryEntries else {
+            throw CairnError(.invalidArgument, "snapshotEveryEntries must be positive and at most snapshotEntriesMax")
+        }
         guard inboxEventsMax > 0, peerQueueMessagesMax > 0 else {
             throw CairnError(.invalidArgument, "queue bounds must be positive")
         }

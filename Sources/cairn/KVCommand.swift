@@ -29,7 +29,7 @@ struct KVCommand: AsyncParsableCommand {
         @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC).")
         var raftPort: Int = 0
         @Option(help: "Milliseconds per Raft tick.") var tickMs: Int = 20
-        @Option(help: "Snapshot every this many applied entries.") var snapshotEntries: UInt64 = 10_000
+        @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Entries kept behind a snapshot for followers a little behind.") var entriesBehindSnapshot: UInt64 = 1_000
         @OptionGroup var logging: LoggingOptions
 
@@ -44,6 +44,7 @@ struct KVCommand: AsyncParsableCommand {
             configuration.tickInterval = .milliseconds(tickMs)
             configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
+            configuration.snapshotEntriesMax = max(configuration.snapshotEntriesMax, snapshotEntries)
             configuration.entriesKeptBehindSnapshot = entriesBehindSnapshot
             // The server and the node share one thread (`SharedEventLoop`), stopped after both.
             try await SharedEventLoop.with { eventLoop in try await serve(configuration, on: eventLoop, logger: logger) }

@@ -32,7 +32,7 @@ struct MetaReplicaCommand: AsyncParsableCommand {
         @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC). Fix it where a firewall must let it through.")
         var raftPort: Int = 0
         @Option(help: "Milliseconds per Raft tick (election timeout is 10 ticks).") var tickMs: Int = 20
-        @Option(help: "Snapshot every this many applied entries.") var snapshotEntries: UInt64 = 10_000
+        @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Seconds a client session lives without heartbeats is chosen by the client; how often the leader ends expired ones (seconds).")
         var sessionExpiryInterval: Int = 2
         @Option(help: "A chunkserver counts as live this many seconds after its last heartbeat.") var chunkserverLiveSeconds: Int = 10
@@ -51,6 +51,7 @@ struct MetaReplicaCommand: AsyncParsableCommand {
             configuration.tickInterval = .milliseconds(tickMs)
             configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
+            configuration.snapshotEntriesMax = max(configuration.snapshotEntriesMax, snapshotEntries)
             // The server and the node share one thread (`SharedEventLoop`), stopped after both.
             try await SharedEventLoop.with { eventLoop in try await serve(configuration, on: eventLoop, logger: logger) }
         }
