@@ -437,10 +437,6 @@ public final class ChunkStore: Sendable {
         }
     }
 
-    fileprivate func readPart(_ fd: FileDescriptor, into raw: UnsafeMutableRawBufferPointer, at offset: Int, id: ChunkID) throws(CairnError) {
-        try preadFully(fd, into: raw, at: offset, id: id)
-    }
-
     /// Re-hashes a stored chunk and checks its block checksums, quarantining it if either fails.
     /// Returns the chunk's size.
     ///
@@ -593,7 +589,7 @@ public final class ChunkStore: Sendable {
         return bytes
     }
 
-    private func preadFully(_ fd: FileDescriptor, into raw: UnsafeMutableRawBufferPointer, at offset: Int, id: ChunkID) throws(CairnError) {
+    fileprivate func preadFully(_ fd: FileDescriptor, into raw: UnsafeMutableRawBufferPointer, at offset: Int, id: ChunkID) throws(CairnError) {
         var done = 0
         while done < raw.count {
             let n: Int
@@ -701,7 +697,7 @@ public final class ChunkPartReader: @unchecked Sendable {
         let (store, fd, sums, id) = (self.store, self.fd, self.sums, self.id)
         let out = try output(stop - start) { (raw) throws(CairnError) in
             precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
-            try store.readPart(fd, into: raw, at: start, id: id)
+            try store.preadFully(fd, into: raw, at: start, id: id)
             try store.checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, from: start, against: sums, of: id)
         }
         offset = stop

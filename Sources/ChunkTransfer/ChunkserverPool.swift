@@ -93,14 +93,7 @@ public final class ChunkserverPool: Sendable {
     public static func withPool<T>(configuration: ChunkserverPoolConfiguration = ChunkserverPoolConfiguration(), logger: Logger,
                                    _ body: (ChunkserverPool) async throws -> T) async throws -> T {
         let pool = try ChunkserverPool(configuration: configuration, logger: logger)
-        do {
-            let result = try await body(pool)
-            await pool.close()
-            return result
-        } catch {
-            await pool.close()
-            throw error
-        }
+        return try await withAsyncCleanup { try await body(pool) } cleanup: { await pool.close() }
     }
 
     public var stats: ChunkTransferStats { counters.withLock { $0 } }

@@ -1,3 +1,4 @@
+import CairnCore
 import NIOCore
 import NIOPosix
 
@@ -36,14 +37,7 @@ public final class SharedEventLoop: Sendable {
     /// client's connections and the tasks that write and read its streams).
     public static func with<T: Sendable>(_ body: (SharedEventLoop) async throws -> T) async throws -> T {
         let eventLoop = SharedEventLoop()
-        do {
-            let result = try await body(eventLoop)
-            await eventLoop.shutdown()
-            return result
-        } catch {
-            await eventLoop.shutdown()
-            throw error
-        }
+        return try await withAsyncCleanup { try await body(eventLoop) } cleanup: { await eventLoop.shutdown() }
     }
 }
 
