@@ -81,6 +81,13 @@ public struct Config: Sendable {
     public var preVote: Bool = true
     /// Check-quorum: a leader that cannot reach a quorum steps down; followers with a live leader ignore votes.
     public var checkQuorum: Bool = true
+    /// When a leader's commit index advances, send every follower an append at once, empty if it has every
+    /// entry (etcd's behaviour, and the default). When false, the new commit index travels with the next append
+    /// carrying entries, the next heartbeat, or the answer to a read the follower forwarded: two messages fewer
+    /// per follower and commit (an empty append and its answer), at the price of followers applying up to a
+    /// heartbeat later. Nothing a client waits for depends on a follower's commit index except a forwarded read,
+    /// and that gets it.
+    public var broadcastsCommit: Bool = true
     /// Seed of the node's own generator for randomized election timeouts.
     public var randomSeed: UInt64 = 0
     /// Test-only planted bugs; empty in production.

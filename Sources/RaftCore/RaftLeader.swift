@@ -140,6 +140,9 @@ extension Raft {
             readStates.append(ReadState(index: index, context: request.context))
         } else {
             send(Message(kind: .readIndexResponse, to: request.from, index: index, context: request.context))
+            // The follower can answer once it has applied `index`: without commit broadcasts it may not know
+            // that `index` is committed until the next heartbeat.
+            if !config.broadcastsCommit { maybeSendAppend(to: request.from, sendIfEmpty: true) }
         }
     }
 
@@ -233,7 +236,7 @@ extension Raft {
             tracker.progress[m.from] = pr
             if maybeCommit() {
                 releasePendingReadIndexMessages()
-                bcastAppend()
+                if config.broadcastsCommit { bcastAppend() }
             } else if wasPaused {
                 maybeSendAppend(to: m.from, sendIfEmpty: true)
             }

@@ -251,6 +251,9 @@ public final class RawNode {
 
     // MARK: - Inspection
 
+    /// This node's role, without building a whole `status`.
+    public var role: RaftRole { raft.role }
+
     public var status: RaftStatus {
         RaftStatus(id: raft.id, term: raft.term, vote: raft.vote, leader: raft.lead, role: raft.role,
                    commit: raft.log.committed, applied: raft.log.applied, firstIndex: raft.log.firstIndex,

@@ -269,7 +269,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             // so nothing commits on the strength of the leader's unsynced copy.
             var unreachable: [NodeID] = []
             let hardStateDurable = ready.hardState.map { $0.term == storage.hardState.term && $0.vote == storage.hardState.vote } ?? true
-            let sendsEarly = hardStateDurable && node.status.role == .leader
+            let sendsEarly = hardStateDurable && node.role == .leader
             func send(_ message: Message) {
                 if !transport.send(message), !unreachable.contains(message.to) { unreachable.append(message.to) }
             }
@@ -286,7 +286,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
                 lazyHardState = hardState
             }
             // Learn where our own proposals landed.
-            let isLeader = node.status.role == .leader
+            let isLeader = node.role == .leader
             for entry in ready.entries {
                 switch entry.kind {
                 case .normal:

@@ -47,6 +47,9 @@ public struct RaftNodeConfiguration: Sendable {
     public var inflightMessagesMax = 256
     public var uncommittedEntriesBytesMax = 64 << 20
     public var snapshotChunkBytesMax = 1 << 20
+    /// The core's `broadcastsCommit`. Off: followers learn a new commit index from the next append or heartbeat
+    /// instead of an empty append of its own, which halves the peer messages of a lone proposal.
+    public var broadcastsCommit = false
     /// Seed for the randomized election timeout.
     public var randomSeed: UInt64
 
@@ -89,6 +92,7 @@ public struct RaftNodeConfiguration: Sendable {
         config.inflightBytesMax = max(64 << 20, messageBytesMax)
         config.uncommittedEntriesBytesMax = uncommittedEntriesBytesMax
         config.snapshotChunkBytesMax = snapshotChunkBytesMax
+        config.broadcastsCommit = broadcastsCommit
         config.randomSeed = randomSeed
         return config
     }

@@ -9,6 +9,11 @@ public struct WALLimits: Sendable, Equatable {
     public var segmentBytesMax: Int = 64 << 20
     /// The largest batch written or accepted on recovery; a header claiming more is corruption.
     public var batchBytesMax: Int = 256 << 20
+    /// A segment is extended with this many bytes of zeros at a time (0: not at all), so that a batch
+    /// overwrites blocks the file already has and its fdatasync flushes data alone, not also the inode's
+    /// new size. Measured here, three processes each writing 325 B + fdatasync on one disk: appending
+    /// 260-275 µs p50, overwriting zeros 200-250 µs.
+    public var zeroFillBytes: Int = 1 << 20
 
     public init() {}
 
@@ -17,6 +22,7 @@ public struct WALLimits: Sendable, Equatable {
         guard batchBytesMax >= 4096 && batchBytesMax <= 1 << 30 else {
             throw CairnError(.invalidArgument, "batchBytesMax must be in 4 KiB...1 GiB")
         }
+        guard zeroFillBytes >= 0 else { throw CairnError(.invalidArgument, "zeroFillBytes must not be negative") }
     }
 }
 
@@ -53,11 +59,15 @@ public struct RecoveredLog: Equatable, Sendable {
 /// and a payload is records: `u8 type | u32 length | bytes`. Batch sequences run on across
 /// segments without a gap.
 ///
+/// A segment is extended with zeros ahead of its batches (`WALLimits.zeroFillBytes`): a segment's
+/// batches may be followed by zeros to its end, in any segment, and that is a clean end.
+///
 /// Every batch is made durable before the next one is written. So on recovery, a bad batch
 /// (short, bad magic, bad CRC) followed by nothing valid is a **torn tail** — the crash cut the
 /// last write — and is truncated; a bad batch with a valid later batch after it, or in a segment
 /// that is not the last, was once durable: that is **corruption**, and opening fails rather than
-/// silently dropping committed entries.
+/// silently dropping committed entries. Batch sequences run on across segments, so batches lost
+/// from the end of a segment that is not the last show as a gap in the next one.
 ///
 /// Not thread-safe: owned by the Raft driver.
 public final class WriteAheadLog {
@@ -69,7 +79,10 @@ public final class WriteAheadLog {
     private let logger: Logger
     private var segments: [UInt64]
     private var current: FileDescriptor
-    private var currentBytes: Int
+    /// Where the next batch goes in the current segment: the end of its batches.
+    private(set) var currentBytes: Int
+    /// The current segment's size: zeros from `currentBytes` on.
+    private var zeroedEnd: Int
     private var nextBatch: UInt64
     /// Set when a write or sync failed: the file's state is unknown, so no more writes.
     private var failed: CairnError?
@@ -107,6 +120,7 @@ public final class WriteAheadLog {
 
         var replay = Replay()
         var expectedBatch: UInt64? = nil
+        var lastSegmentEnd = 0
         for (position, sequence) in sequences.enumerated() {
             let path = directory.appending(segmentName(sequence))
             let bytes: [UInt8]
@@ -118,6 +132,7 @@ public final class WriteAheadLog {
             }
             let isLast = position == sequences.count - 1
             var offset = 0
+            lastSegmentEnd = bytes.count
             while offset < bytes.count {
                 switch parseBatch(bytes, at: offset, limits: limits) {
                 case .batch(let batchSequence, let payload, let end):
@@ -127,6 +142,10 @@ public final class WriteAheadLog {
                     try replay.apply(payload: payload, at: "\(path) offset \(offset)")
                     expectedBatch = batchSequence + 1
                     offset = end
+                case .bad where isZero(bytes[offset...]):
+                    // Zeros written ahead of the batches: the segment's clean end.
+                    lastSegmentEnd = offset
+                    offset = bytes.count
                 case .bad(let why):
                     let laterValid = findValidBatch(bytes, after: offset, limits: limits, sequenceAtLeast: expectedBatch ?? 0)
                     guard isLast, !laterValid else {
@@ -138,6 +157,7 @@ public final class WriteAheadLog {
                     logger.warning("truncating torn WAL tail", metadata: ["segment": "\(path)", "offset": "\(offset)", "bytes": "\(bytes.count - offset)", "reason": "\(why)"])
                     replay.log.tornTailBytes = bytes.count - offset
                     try truncate(path, to: offset)
+                    lastSegmentEnd = offset
                     offset = bytes.count
                 }
             }
@@ -154,23 +174,24 @@ public final class WriteAheadLog {
                 throw CairnError(.io, "cannot stat \(path)", cause: error)
             }
             wal = WriteAheadLog(directory: directory, limits: limits, logger: logger, segments: sequences, current: fd,
-                                currentBytes: Int(size), nextBatch: expectedBatch ?? 1)
+                                currentBytes: lastSegmentEnd, zeroedEnd: Int(size), nextBatch: expectedBatch ?? 1)
         } else {
             let fd = try createSegment(directory: directory, sequence: 1)
             wal = WriteAheadLog(directory: directory, limits: limits, logger: logger, segments: [1], current: fd,
-                                currentBytes: 0, nextBatch: 1)
+                                currentBytes: 0, zeroedEnd: 0, nextBatch: 1)
         }
         return (wal, replay.log)
     }
 
     private init(directory: FilePath, limits: WALLimits, logger: Logger, segments: [UInt64], current: FileDescriptor,
-                 currentBytes: Int, nextBatch: UInt64) {
+                 currentBytes: Int, zeroedEnd: Int, nextBatch: UInt64) {
         self.directory = directory
         self.limits = limits
         self.logger = logger
         self.segments = segments
         self.current = current
         self.currentBytes = currentBytes
+        self.zeroedEnd = max(zeroedEnd, currentBytes)
         self.nextBatch = nextBatch
     }
 
@@ -195,6 +216,7 @@ public final class WriteAheadLog {
             if currentBytes > 0 && currentBytes + batch.count > limits.segmentBytesMax {
                 try rotate()
             }
+            try zeroFill(through: currentBytes + batch.count)
             _ = try current.writeAll(toAbsoluteOffset: Int64(currentBytes), batch)
             currentBytes += batch.count
             nextBatch += 1
@@ -237,7 +259,25 @@ public final class WriteAheadLog {
         try? current.close()
         current = fd
         currentBytes = 0
+        zeroedEnd = 0
         segments.append(next)
+    }
+
+    /// Extends the current segment with zeros past `end` (a batch's end) when it does not reach
+    /// that far: `zeroFillBytes` at a time, 4 KiB-aligned, not past `segmentBytesMax` unless the
+    /// batch itself goes further. Made durable by the batch's fdatasync.
+    private func zeroFill(through end: Int) throws {
+        guard limits.zeroFillBytes > 0, end > zeroedEnd else { return }
+        let wanted = (max(end, currentBytes + limits.zeroFillBytes) + 4095) / 4096 * 4096
+        let target = max(end, min(wanted, limits.segmentBytesMax))
+        var offset = max(zeroedEnd, end)
+        let piece = [UInt8](repeating: 0, count: min(target - offset, 1 << 20))
+        while offset < target {
+            let count = min(piece.count, target - offset)
+            _ = try current.writeAll(toAbsoluteOffset: Int64(offset), piece[..<count])
+            offset += count
+        }
+        zeroedEnd = target
     }
 
     // MARK: Encoding
@@ -303,6 +343,8 @@ public final class WriteAheadLog {
         guard CRC32C.checksum(payload, continuing: CRC32C.checksum(crcInput)) == crc else { return .bad("batch checksum mismatch") }
         return .batch(sequence: sequence, payload: payload, end: start + length)
     }
+
+    static func isZero(_ bytes: ArraySlice<UInt8>) -> Bool { bytes.allSatisfy { $0 == 0 } }
 
     /// Whether any offset after `offset` starts a batch that validates with a sequence at or
     /// past `sequenceAtLeast`: proof that the bad batch was followed by durable writes.

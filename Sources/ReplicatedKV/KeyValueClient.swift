@@ -15,12 +15,16 @@ public final class KeyValueClient: Sendable {
     }
 
     public let servers: [HostPort]
+    /// The executor of the thread the connections run on: a caller that runs its requests here (a task
+    /// with this executor preference) saves a thread hand-off each way.
+    public let executor: any TaskExecutor
     private let leader: LeaderFollower<Endpoint>
     /// Puts and gets waiting for their answers at once, per server.
     public static let inflightMax = 1024
 
-    private init(servers: [HostPort], endpoints: [HostPort: Endpoint]) {
+    private init(servers: [HostPort], endpoints: [HostPort: Endpoint], executor: any TaskExecutor) {
         self.servers = servers
+        self.executor = executor
         leader = LeaderFollower(servers: servers, clients: endpoints, attemptsMax: 60)
     }
 
@@ -52,7 +56,7 @@ public final class KeyValueClient: Sendable {
                 for endpoint in endpoints.values { endpoint.pipeline.close() }
                 for client in frozen.values { client.beginGracefulShutdown() }
             }
-            return try await body(KeyValueClient(servers: servers, endpoints: endpoints))
+            return try await body(KeyValueClient(servers: servers, endpoints: endpoints, executor: eventLoop.executor))
         }
     }
 

@@ -177,7 +177,8 @@ struct RaftBench: AsyncParsableCommand {
             let start = clock.now
             return try await withThrowingTaskGroup(of: [Double].self) { group in
                 for p in 0..<proposers {
-                    group.addTask {
+                    // On the client's thread, as the mount runs its metadata requests.
+                    group.addTask(executorPreference: client.executor) {
                         var samples: [Double] = []
                         var i = 0
                         while clock.now - start < duration {

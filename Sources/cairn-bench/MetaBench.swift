@@ -34,7 +34,8 @@ struct MetaBench: AsyncParsableCommand {
                 let start = clock.now
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for (session, directory) in frozen {
-                        group.addTask {
+                        // On the client's thread, as the mount runs its metadata requests.
+                        group.addTask(executorPreference: client.executor) {
                             for i in 0..<files { try await operation(session, directory, i) }
                             await session.closesDone()  // the phase includes the closes it queued
                         }

@@ -278,6 +278,47 @@ import Testing
         #expect(c.nodes[2]!.readStates == [ReadState(index: 2, context: Array("f".utf8))])
     }
 
+    @Test func withoutCommitBroadcastsFollowersLearnTheCommitFromTheNextMessage() throws {
+        for broadcasts in [true, false] {
+            let c = electedCluster { $0.broadcastsCommit = broadcasts }
+            try c.node(1).propose(Array("a".utf8))
+            c.processReady(1); c.deliver()
+            c.processReady(2); c.processReady(3); c.deliver(to: 1)
+            #expect(c.node(1).status.commit == 3, "the leader commits on the acknowledgements")
+            c.processReady(1)
+            // With broadcasts, an empty append to each follower right away; without, nothing.
+            #expect((c.inbox[2]?.count ?? 0) + (c.inbox[3]?.count ?? 0) == (broadcasts ? 2 : 0), "broadcasts \(broadcasts)")
+            c.stabilize()
+            #expect(c.node(2).status.commit == (broadcasts ? 3 : 2))
+            // The next heartbeat carries it.
+            c.tick(1, times: c.nodes[1]!.config.heartbeatTicks)
+            c.stabilize()
+            #expect(c.node(2).status.commit == 3 && c.node(3).status.commit == 3)
+            #expect(c.nodes[2]!.applied.last?.index == 3)
+            // So does the next append.
+            try c.node(1).propose(Array("b".utf8))
+            c.stabilize()
+            try c.node(1).propose(Array("c".utf8))
+            c.stabilize()
+            #expect(c.node(1).status.commit == 5)
+            #expect(c.node(2).status.commit == (broadcasts ? 5 : 4), "the append of c carried the commit of b")
+        }
+    }
+
+    @Test func withoutCommitBroadcastsAForwardedReadBringsTheCommitIndex() throws {
+        let c = electedCluster { $0.broadcastsCommit = false }
+        try c.node(1).propose(Array("a".utf8))
+        c.stabilize()
+        #expect(c.node(1).status.commit == 3)
+        #expect(c.node(2).status.commit == 2)
+        try c.node(2).readIndex(context: Array("f".utf8))
+        c.stabilize()
+        // The read is at the leader's commit index, and the follower knows that index is committed.
+        #expect(c.nodes[2]!.readStates == [ReadState(index: 3, context: Array("f".utf8))])
+        #expect(c.node(2).status.commit == 3)
+        #expect(c.nodes[2]!.applied.last?.index == 3)
+    }
+
     @Test func plantedStaleLocalReadAnswersAnIsolatedLeader() throws {
         let c = electedCluster { $0.plantedBugs = .staleLocalRead }
         c.isolate(1)

@@ -41,7 +41,7 @@ import Testing
         ("unpersisted-vote", 3, 20),
         ("no-uptodate-check", 3, 200),
         ("stale-local-read", 3, 400),
-        ("figure8-commit", 3, 400),
+        ("figure8-commit", 3, 2400),
     ])
     func plantedBugIsFound(name: String, nodes: Int, seedsMax: Int) throws {
         let bug = try #require(PlantedBugs(name: name))

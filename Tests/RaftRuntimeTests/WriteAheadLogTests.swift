@@ -27,7 +27,110 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
     _ = try fd.writeAll(bytes)
 }
 
+/// Where the batches of a segment end, give or take zero bytes at the end of the last one: the zeros
+/// written ahead of them follow.
+func batchesEnd(_ path: FilePath) throws -> Int {
+    let bytes = try FileSystemCalls.readFile(path, bytesMax: 1 << 30)
+    return (bytes.lastIndex { $0 != 0 } ?? -1) + 1
+}
+
+func writeBytes(_ path: FilePath, at offset: Int, _ bytes: [UInt8]) throws {
+    let fd = try FileDescriptor.open(path, .writeOnly)
+    defer { try? fd.close() }
+    _ = try fd.writeAll(toAbsoluteOffset: Int64(offset), bytes)
+}
+
+func zeroBytes(in path: FilePath, _ range: Range<Int>) throws {
+    try writeBytes(path, at: range.lowerBound, [UInt8](repeating: 0, count: range.count))
+}
+
+/// Runs `body` on a log of entries 1...200 (term 1, 40 batches) in 4 KiB segments: its directory, limits and
+/// segments in order.
+func withSmallSegmentLog(_ body: (FilePath, WALLimits, [FilePath]) throws -> Void) throws {
+    let dir = TestDirectory("wal")
+    var limits = WALLimits()
+    limits.segmentBytesMax = 4096
+    do {
+        let (wal, _) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
+        for i in 0..<40 { try wal.append([.entries(entries((UInt64(i) * 5 + 1)...(UInt64(i) * 5 + 5), term: 1))]) }
+    }
+    let segments = segmentPaths(dir.path).sorted { $0.string < $1.string }
+    #expect(segments.count >= 3)
+    try body(dir.path, limits, segments)
+}
+
 @Suite struct WriteAheadLogTests {
+    @Test func segmentsGrowByZerosAheadOfTheBatchesAndTheZerosAreACleanEnd() throws {
+        let dir = TestDirectory("wal")
+        var end = 0
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            try wal.append([.entries(entries(1...5, term: 1))])
+            // The first batch extended the file by zeroFillBytes; the next ones overwrite zeros.
+            #expect(fileSize(segmentPaths(dir.path)[0]) == WALLimits().zeroFillBytes)
+            try wal.append([.entries(entries(6...9, term: 1)), .hardState(HardState(term: 1, vote: 1, commit: 9))])
+            #expect(fileSize(segmentPaths(dir.path)[0]) == WALLimits().zeroFillBytes)
+            end = wal.currentBytes
+        }
+        let segment = segmentPaths(dir.path)[0]
+        do {
+            let (wal, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            #expect(recovered.entries == entries(1...9, term: 1))
+            #expect(recovered.tornTailBytes == 0)
+            #expect(fileSize(segment) == WALLimits().zeroFillBytes, "a clean end is not truncated")
+            #expect(wal.currentBytes == end)
+            try wal.append([.entries(entries(10...10, term: 2))])
+        }
+        let (_, again) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+        #expect(again.entries == entries(1...9, term: 1) + entries(10...10, term: 2))
+        // Without zero fill the file is exactly its batches.
+        let plain = TestDirectory("wal")
+        var limits = WALLimits()
+        limits.zeroFillBytes = 0
+        let (wal, _) = try WriteAheadLog.open(directory: plain.path, limits: limits, logger: quietLogger())
+        try wal.append([.entries(entries(1...5, term: 1))])
+        #expect(fileSize(segmentPaths(plain.path)[0]) == wal.currentBytes)
+    }
+
+    @Test func aBatchZeroedAtTheEndOfAnEarlierSegmentIsAGapNotACleanEnd() throws {
+        try withSmallSegmentLog { dir, limits, segments in
+            // Zeros after the batches of every segment: opens cleanly.
+            let (_, recovered) = try WriteAheadLog.open(directory: dir, limits: limits, logger: quietLogger())
+            #expect(recovered.entries == entries(1...200, term: 1))
+            // The last batch of segment 1 lost (zeros where it was): the zeros look like a clean end, but the
+            // next segment starts one batch late.
+            let bytes = try FileSystemCalls.readFile(segments[1], bytesMax: 1 << 20)
+            let magic = withUnsafeBytes(of: WriteAheadLog.magic.littleEndian, Array.init)
+            let lastBatch = try #require((0..<(bytes.count - 4)).last { Array(bytes[$0..<($0 + 4)]) == magic })
+            try zeroBytes(in: segments[1], lastBatch..<(try batchesEnd(segments[1])))
+            do {
+                _ = try WriteAheadLog.open(directory: dir, limits: limits, logger: quietLogger())
+                Issue.record("opened a WAL that lost a batch in a middle segment")
+            } catch {
+                #expect((error as? CairnError)?.code == .corrupt)
+            }
+        }
+    }
+
+    @Test func aTornBatchFollowedByZerosIsATornTail() throws {
+        let dir = TestDirectory("wal")
+        var start = 0
+        do {
+            let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+            try wal.append([.entries(entries(1...5, term: 1))])
+            start = wal.currentBytes
+            try wal.append([.entries(entries(6...9, term: 1))])
+        }
+        let segment = segmentPaths(dir.path)[0]
+        // The second batch's write reached the disk only in part: its end reads as zeros.
+        try zeroBytes(in: segment, (start + 30)..<(start + 100))
+        let (wal, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
+        #expect(recovered.entries == entries(1...5, term: 1))
+        #expect(recovered.tornTailBytes > 0)
+        #expect(fileSize(segment) == start)
+        #expect(wal.currentBytes == start)
+    }
+
     @Test func appendsSurviveReopenWithOverwriteSemantics() throws {
         let dir = TestDirectory("wal")
         do {
@@ -50,7 +153,7 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
             do {
                 let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
                 try wal.append([.entries(entries(1...5, term: 1))])
-                lastBatchStart = fileSize(segmentPaths(dir.path)[0])
+                lastBatchStart = wal.currentBytes
                 try wal.append([.entries(entries(6...9, term: 1)), .hardState(HardState(term: 1, vote: 1, commit: 9))])
             }
             let segment = segmentPaths(dir.path)[0]
@@ -69,14 +172,19 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
 
     @Test func garbageAfterTheLastBatchIsATornTail() throws {
         let dir = TestDirectory("wal")
+        var end = 0
         do {
             let (wal, _) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
             try wal.append([.entries(entries(1...3, term: 1))])
+            end = wal.currentBytes
         }
-        try appendBytes(segmentPaths(dir.path)[0], [UInt8](repeating: 0, count: 4096) + testBytes(count: 100, seed: 1))
+        let segment = segmentPaths(dir.path)[0]
+        try writeBytes(segment, at: end, [UInt8](repeating: 0, count: 4096) + testBytes(count: 100, seed: 1))
+        let size = fileSize(segment)
         let (_, recovered) = try WriteAheadLog.open(directory: dir.path, logger: quietLogger())
         #expect(recovered.entries == entries(1...3, term: 1))
-        #expect(recovered.tornTailBytes == 4196)
+        #expect(recovered.tornTailBytes == size - end)
+        #expect(fileSize(segment) == end)
     }
 
     @Test func damageBeforeAValidBatchIsCorruptionNotATornTail() throws {
@@ -100,22 +208,15 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
     }
 
     @Test func damageInAnEarlierSegmentIsCorruption() throws {
-        let dir = TestDirectory("wal")
-        var limits = WALLimits()
-        limits.segmentBytesMax = 4096
-        do {
-            let (wal, _) = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
-            for i in 0..<40 { try wal.append([.entries(entries((UInt64(i) * 5 + 1)...(UInt64(i) * 5 + 5), term: 1))]) }
-        }
-        let segments = segmentPaths(dir.path).sorted { $0.string < $1.string }
-        #expect(segments.count >= 3)
-        // Cutting the end off a segment that is not the last is not a torn tail.
-        try truncateFile(segments[1], to: fileSize(segments[1]) - 7)
-        do {
-            _ = try WriteAheadLog.open(directory: dir.path, limits: limits, logger: quietLogger())
-            Issue.record("opened a WAL with a damaged middle segment")
-        } catch {
-            #expect(error.code == .corrupt)
+        try withSmallSegmentLog { dir, limits, segments in
+            // Cutting the end off a segment that is not the last is not a torn tail.
+            try truncateFile(segments[1], to: batchesEnd(segments[1]) - 7)
+            do {
+                _ = try WriteAheadLog.open(directory: dir, limits: limits, logger: quietLogger())
+                Issue.record("opened a WAL with a damaged middle segment")
+            } catch {
+                #expect((error as? CairnError)?.code == .corrupt)
+            }
         }
     }
 
@@ -178,7 +279,7 @@ func appendBytes(_ path: FilePath, _ bytes: [UInt8]) throws {
                     hard = HardState(term: term, vote: 1, commit: min(hard.commit + 1, batch.last!.index))
                     try wal.append([.entries(batch), .hardState(hard)])
                     model.append(batch)
-                    boundaries.append((fileSize(segmentPaths(dir.path)[0]), model.allEntries, hard))
+                    boundaries.append((wal.currentBytes, model.allEntries, hard))
                 }
             }
             // Cut somewhere inside the last batch: everything up to the batch before it survives.
