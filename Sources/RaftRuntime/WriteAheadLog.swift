@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CCairnLinux
 import CairnCore
 import Logging
 import RaftCore
@@ -14,6 +20,12 @@ public struct WALLimits: Sendable, Equatable {
     /// new size. Measured here, three processes each writing 325 B + fdatasync on one disk: appending
     /// 260-275 µs p50, overwriting zeros 200-250 µs.
     public var zeroFillBytes: Int = 1 << 20
+    /// Write batches with O_DIRECT | O_DSYNC where the file system supports it: the write reaches the
+    /// device as one request that is durable when it completes, instead of a write to the page cache and
+    /// then an fdatasync that writes it out and flushes the device's cache (two round trips). Measured
+    /// here, three processes each making 325 B durable on one disk: 171-195 µs p50 against 200-250 µs for
+    /// overwrite + fdatasync. Where O_DIRECT is refused (tmpfs) the log writes through the page cache.
+    public var directWrites = true
 
     public init() {}
 
@@ -83,6 +95,14 @@ public final class WriteAheadLog {
     private(set) var currentBytes: Int
     /// The current segment's size: zeros from `currentBytes` on.
     private var zeroedEnd: Int
+    /// Whether `current` was opened with O_DIRECT | O_DSYNC.
+    private(set) var writesDirectly: Bool
+    /// With direct writes: the current segment's bytes from the last block boundary at or before
+    /// `currentBytes` up to it, written again (unchanged) in front of the next batch, whose write must
+    /// start on a block boundary.
+    private var tail: [UInt8] = []
+    /// Alignment of direct writes (offset, length and memory): the largest logical block size in use.
+    static let blockBytes = 4096
     private var nextBatch: UInt64
     /// Set when a write or sync failed: the file's state is unknown, so no more writes.
     private var failed: CairnError?
@@ -121,6 +141,7 @@ public final class WriteAheadLog {
         var replay = Replay()
         var expectedBatch: UInt64? = nil
         var lastSegmentEnd = 0
+        var lastSegmentTail: [UInt8] = []
         for (position, sequence) in sequences.enumerated() {
             let path = directory.appending(segmentName(sequence))
             let bytes: [UInt8]
@@ -161,12 +182,13 @@ public final class WriteAheadLog {
                     offset = bytes.count
                 }
             }
+            if isLast { lastSegmentTail = Array(bytes[(lastSegmentEnd / blockBytes * blockBytes)..<lastSegmentEnd]) }
         }
 
         let wal: WriteAheadLog
         if let last = sequences.last {
             let path = directory.appending(segmentName(last))
-            let fd = try openForAppend(path)
+            let (fd, direct) = try openForWriting(path, direct: limits.directWrites)
             let size: Int64
             do {
                 size = try FileSystemCalls.status(fd).size
@@ -174,23 +196,26 @@ public final class WriteAheadLog {
                 throw CairnError(.io, "cannot stat \(path)", cause: error)
             }
             wal = WriteAheadLog(directory: directory, limits: limits, logger: logger, segments: sequences, current: fd,
-                                currentBytes: lastSegmentEnd, zeroedEnd: Int(size), nextBatch: expectedBatch ?? 1)
+                                writesDirectly: direct, currentBytes: lastSegmentEnd, tail: lastSegmentTail,
+                                zeroedEnd: Int(size), nextBatch: expectedBatch ?? 1)
         } else {
-            let fd = try createSegment(directory: directory, sequence: 1)
+            let (fd, direct) = try createSegment(directory: directory, sequence: 1, direct: limits.directWrites)
             wal = WriteAheadLog(directory: directory, limits: limits, logger: logger, segments: [1], current: fd,
-                                currentBytes: 0, zeroedEnd: 0, nextBatch: 1)
+                                writesDirectly: direct, currentBytes: 0, tail: [], zeroedEnd: 0, nextBatch: 1)
         }
         return (wal, replay.log)
     }
 
     private init(directory: FilePath, limits: WALLimits, logger: Logger, segments: [UInt64], current: FileDescriptor,
-                 currentBytes: Int, zeroedEnd: Int, nextBatch: UInt64) {
+                 writesDirectly: Bool, currentBytes: Int, tail: [UInt8], zeroedEnd: Int, nextBatch: UInt64) {
         self.directory = directory
         self.limits = limits
         self.logger = logger
         self.segments = segments
         self.current = current
+        self.writesDirectly = writesDirectly
         self.currentBytes = currentBytes
+        self.tail = tail
         self.zeroedEnd = max(zeroedEnd, currentBytes)
         self.nextBatch = nextBatch
     }
@@ -216,11 +241,15 @@ public final class WriteAheadLog {
             if currentBytes > 0 && currentBytes + batch.count > limits.segmentBytesMax {
                 try rotate()
             }
-            try zeroFill(through: currentBytes + batch.count)
-            _ = try current.writeAll(toAbsoluteOffset: Int64(currentBytes), batch)
+            if writesDirectly {
+                try writeDirectly(batch)
+            } else {
+                try zeroFill(through: currentBytes + batch.count)
+                _ = try current.writeAll(toAbsoluteOffset: Int64(currentBytes), batch)
+                try FileSystemCalls.fdatasync(current)
+            }
             currentBytes += batch.count
             nextBatch += 1
-            try FileSystemCalls.fdatasync(current)
         } catch {
             let failure = Self.ioError("WAL write failed in \(directory)", error)
             failed = failure
@@ -255,12 +284,46 @@ public final class WriteAheadLog {
 
     private func rotate() throws {
         let next = segments.last! + 1
-        let fd = try Self.createSegment(directory: directory, sequence: next)
+        let (fd, direct) = try Self.createSegment(directory: directory, sequence: next, direct: limits.directWrites)
         try? current.close()
         current = fd
+        writesDirectly = direct
         currentBytes = 0
+        tail = []
         zeroedEnd = 0
         segments.append(next)
+    }
+
+    /// Writes `batch` at `currentBytes` through the O_DIRECT descriptor: the tail of the last block and the
+    /// batch, padded with zeros to whole blocks (zeros past the batches are a clean end), in one durable write.
+    private func writeDirectly(_ batch: [UInt8]) throws {
+        let block = Self.blockBytes
+        let start = currentBytes - tail.count
+        let length = tail.count + batch.count
+        let padded = (length + block - 1) / block * block
+        try zeroFill(through: start + padded)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: padded, alignment: block)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: tail)
+        UnsafeMutableRawBufferPointer(rebasing: buffer[tail.count..<length]).copyBytes(from: batch)
+        UnsafeMutableRawBufferPointer(rebasing: buffer[length...]).initializeMemory(as: UInt8.self, repeating: 0)
+        try Self.writeAll(current, UnsafeRawBufferPointer(buffer), at: start)
+        let end = currentBytes + batch.count
+        tail = Array(buffer[(end / block * block - start)..<length])
+    }
+
+    /// pwrite(2) until all of `bytes` is written at `offset`.
+    private static func writeAll(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws(Errno) {
+        var done = 0
+        while done < bytes.count {
+            let written = pwrite(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+            if written < 0 {
+                let error = Errno(rawValue: errno)
+                if error == .interrupted { continue }
+                throw error
+            }
+            done += written
+        }
     }
 
     /// Extends the current segment with zeros past `end` (a batch's end) when it does not reach
@@ -268,13 +331,19 @@ public final class WriteAheadLog {
     /// batch itself goes further. Made durable by the batch's fdatasync.
     private func zeroFill(through end: Int) throws {
         guard limits.zeroFillBytes > 0, end > zeroedEnd else { return }
-        let wanted = (max(end, currentBytes + limits.zeroFillBytes) + 4095) / 4096 * 4096
+        let block = Self.blockBytes
+        let wanted = (max(end, currentBytes + limits.zeroFillBytes) + block - 1) / block * block
         let target = max(end, min(wanted, limits.segmentBytesMax))
-        var offset = max(zeroedEnd, end)
-        let piece = [UInt8](repeating: 0, count: min(target - offset, 1 << 20))
+        // Direct writes start on a block boundary: from the one at or before the old end (zeros
+        // there, as everything between the batches' end and the file's end is zeros), never before
+        // `end`, which is itself aligned then.
+        var offset = writesDirectly ? max(zeroedEnd / block * block, end) : max(zeroedEnd, end)
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: min(target - offset, 1 << 20), alignment: block)
+        defer { piece.deallocate() }
+        piece.initializeMemory(as: UInt8.self, repeating: 0)
         while offset < target {
             let count = min(piece.count, target - offset)
-            _ = try current.writeAll(toAbsoluteOffset: Int64(offset), piece[..<count])
+            try Self.writeAll(current, UnsafeRawBufferPointer(rebasing: piece[..<count]), at: offset)
             offset += count
         }
         zeroedEnd = target
@@ -424,24 +493,34 @@ public final class WriteAheadLog {
         }
     }
 
-    private static func openForAppend(_ path: FilePath) throws(CairnError) -> FileDescriptor {
+    /// Opens a segment for writing: with O_DIRECT | O_DSYNC if `direct` and the file system allows it.
+    private static func openForWriting(_ path: FilePath, direct: Bool) throws(CairnError) -> (FileDescriptor, direct: Bool) {
+        if direct {
+            let fd = path.withPlatformString { cairn_open_direct_dsync($0) }
+            if fd >= 0 { return (FileDescriptor(rawValue: fd), true) }
+            guard Errno(rawValue: errno) == .invalidArgument else {
+                throw CairnError(.io, "cannot open WAL segment \(path)", cause: Errno(rawValue: errno))
+            }
+        }
         do {
-            return try FileDescriptor.open(path, .writeOnly)
+            return (try FileDescriptor.open(path, .writeOnly), false)
         } catch {
             throw CairnError(.io, "cannot open WAL segment \(path)", cause: error)
         }
     }
 
-    private static func createSegment(directory: FilePath, sequence: UInt64) throws(CairnError) -> FileDescriptor {
+    private static func createSegment(directory: FilePath, sequence: UInt64, direct: Bool) throws(CairnError) -> (FileDescriptor, direct: Bool) {
         let path = directory.appending(segmentName(sequence))
         do {
             let fd = try FileDescriptor.open(path, .writeOnly, options: [.create, .exclusiveCreate],
                                              permissions: [.ownerReadWrite, .groupRead])
             try FileSystemCalls.fsyncDirectory(directory)
-            return fd
+            guard direct else { return (fd, false) }
+            try fd.close()
         } catch {
             throw ioError("cannot create WAL segment \(path)", error)
         }
+        return try openForWriting(path, direct: true)
     }
 
     static func ioError(_ message: String, _ error: any Error) -> CairnError {

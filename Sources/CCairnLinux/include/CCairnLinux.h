@@ -38,6 +38,12 @@ int cairn_thread_chroot(const char *path, uint32_t mask);
 /// raw system call. Returns 0, or -1 with errno set.
 int cairn_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags);
 
+/// open(2) of an existing file for writing with O_DIRECT | O_DSYNC: each write goes to the device,
+/// bypassing the page cache, and is durable when it returns (its buffer, offset and length must be
+/// aligned to the device's block size). Returns the descriptor, or -1 with errno set (EINVAL where the
+/// file system does not support O_DIRECT, e.g. tmpfs).
+int cairn_open_direct_dsync(const char *path);
+
 /// lsetxattr(2), lgetxattr(2), llistxattr(2), lremovexattr(2): the <sys/xattr.h> calls,
 /// which Swift's Glibc module does not import. Same results and errno as the calls.
 int cairn_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);
