@@ -146,8 +146,9 @@ public final class WriteAheadLog {
             let path = directory.appending(segmentName(sequence))
             let bytes: [UInt8]
             do {
-                // A segment outgrows segmentBytesMax by at most one batch (see `append`).
-                bytes = try FileSystemCalls.readFile(path, bytesMax: limits.segmentBytesMax + limits.batchBytesMax + headerBytes)
+                // A segment outgrows segmentBytesMax by at most one batch (see `append`), padded to a
+                // whole block by a direct write.
+                bytes = try FileSystemCalls.readFile(path, bytesMax: limits.segmentBytesMax + limits.batchBytesMax + headerBytes + blockBytes)
             } catch {
                 throw CairnError(.io, "cannot read WAL segment \(path)", cause: error)
             }
