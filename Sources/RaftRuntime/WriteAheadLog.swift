@@ -226,7 +226,8 @@ public final class WriteAheadLog {
     /// The segment files currently making up the log (oldest first).
     public var segmentFiles: [FilePath] { segments.map { directory.appending(Self.segmentName($0)) } }
 
-    /// Writes one batch of records and makes it durable (one fdatasync) before returning:
+    /// Writes one batch of records and makes it durable (one direct O_DSYNC write, or a write and an
+    /// fdatasync) before returning:
     /// every batch is durable before the next is written, which the torn-tail rule relies on.
     ///
     /// - Throws: `.io` (or `.insufficientSpace`); after a failure the log refuses further
@@ -329,16 +330,14 @@ public final class WriteAheadLog {
 
     /// Extends the current segment with zeros past `end` (a batch's end) when it does not reach
     /// that far: `zeroFillBytes` at a time, 4 KiB-aligned, not past `segmentBytesMax` unless the
-    /// batch itself goes further. Made durable by the batch's fdatasync.
+    /// batch itself goes further. Made durable by the batch's fdatasync (direct writes: at once).
     private func zeroFill(through end: Int) throws {
         guard limits.zeroFillBytes > 0, end > zeroedEnd else { return }
         let block = Self.blockBytes
         let wanted = (max(end, currentBytes + limits.zeroFillBytes) + block - 1) / block * block
         let target = max(end, min(wanted, limits.segmentBytesMax))
-        // Direct writes start on a block boundary: from the one at or before the old end (zeros
-        // there, as everything between the batches' end and the file's end is zeros), never before
-        // `end`, which is itself aligned then.
-        var offset = writesDirectly ? max(zeroedEnd / block * block, end) : max(zeroedEnd, end)
+        // The batch's own write covers everything up to `end` (block-aligned for a direct write).
+        var offset = end
         let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: min(target - offset, 1 << 20), alignment: block)
         defer { piece.deallocate() }
         piece.initializeMemory(as: UInt8.self, repeating: 0)
