@@ -309,23 +309,10 @@ public final class WriteAheadLog {
         buffer.copyBytes(from: tail)
         UnsafeMutableRawBufferPointer(rebasing: buffer[tail.count..<length]).copyBytes(from: batch)
         UnsafeMutableRawBufferPointer(rebasing: buffer[length...]).initializeMemory(as: UInt8.self, repeating: 0)
-        try Self.writeAll(current, UnsafeRawBufferPointer(buffer), at: start)
+        // swift-system's writeAll hands the buffer's own memory to pwrite: its alignment holds.
+        _ = try current.writeAll(toAbsoluteOffset: Int64(start), UnsafeRawBufferPointer(buffer))
         let end = currentBytes + batch.count
         tail = Array(buffer[(end / block * block - start)..<length])
-    }
-
-    /// pwrite(2) until all of `bytes` is written at `offset`.
-    private static func writeAll(_ fd: FileDescriptor, _ bytes: UnsafeRawBufferPointer, at offset: Int) throws(Errno) {
-        var done = 0
-        while done < bytes.count {
-            let written = pwrite(fd.rawValue, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
-            if written < 0 {
-                let error = Errno(rawValue: errno)
-                if error == .interrupted { continue }
-                throw error
-            }
-            done += written
-        }
     }
 
     /// Extends the current segment with zeros past `end` (a batch's end) when it does not reach
@@ -343,7 +330,7 @@ public final class WriteAheadLog {
         piece.initializeMemory(as: UInt8.self, repeating: 0)
         while offset < target {
             let count = min(piece.count, target - offset)
-            try Self.writeAll(current, UnsafeRawBufferPointer(rebasing: piece[..<count]), at: offset)
+            _ = try current.writeAll(toAbsoluteOffset: Int64(offset), UnsafeRawBufferPointer(rebasing: piece[..<count]))
             offset += count
         }
         zeroedEnd = target

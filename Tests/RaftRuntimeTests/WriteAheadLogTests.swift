@@ -59,6 +59,16 @@ func withSmallSegmentLog(_ body: (FilePath, WALLimits, [FilePath]) throws -> Voi
     try body(dir.path, limits, segments)
 }
 
+/// Opening the log in `dir` must fail with `.corrupt`.
+func expectRefusedAsCorrupt(_ dir: FilePath, limits: WALLimits, _ otherwise: String) {
+    do {
+        _ = try WriteAheadLog.open(directory: dir, limits: limits, logger: quietLogger())
+        Issue.record(Comment(rawValue: otherwise))
+    } catch {
+        #expect(error.code == .corrupt)
+    }
+}
+
 @Suite struct WriteAheadLogTests {
     @Test func segmentsGrowByZerosAheadOfTheBatchesAndTheZerosAreACleanEnd() throws {
         let dir = TestDirectory("wal")
@@ -152,12 +162,7 @@ func withSmallSegmentLog(_ body: (FilePath, WALLimits, [FilePath]) throws -> Voi
             let magic = withUnsafeBytes(of: WriteAheadLog.magic.littleEndian, Array.init)
             let lastBatch = try #require((0..<(bytes.count - 4)).last { Array(bytes[$0..<($0 + 4)]) == magic })
             try zeroBytes(in: segments[1], lastBatch..<(try batchesEnd(segments[1])))
-            do {
-                _ = try WriteAheadLog.open(directory: dir, limits: limits, logger: quietLogger())
-                Issue.record("opened a WAL that lost a batch in a middle segment")
-            } catch {
-                #expect((error as? CairnError)?.code == .corrupt)
-            }
+            expectRefusedAsCorrupt(dir, limits: limits, "opened a WAL that lost a batch in a middle segment")
         }
     }
 
@@ -260,12 +265,7 @@ func withSmallSegmentLog(_ body: (FilePath, WALLimits, [FilePath]) throws -> Voi
         try withSmallSegmentLog { dir, limits, segments in
             // Cutting the end off a segment that is not the last is not a torn tail.
             try truncateFile(segments[1], to: batchesEnd(segments[1]) - 7)
-            do {
-                _ = try WriteAheadLog.open(directory: dir, limits: limits, logger: quietLogger())
-                Issue.record("opened a WAL with a damaged middle segment")
-            } catch {
-                #expect((error as? CairnError)?.code == .corrupt)
-            }
+            expectRefusedAsCorrupt(dir, limits: limits, "opened a WAL with a damaged middle segment")
         }
     }
 
