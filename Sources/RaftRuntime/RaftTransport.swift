@@ -350,13 +350,8 @@ struct RaftFrameDecoder: ByteToMessageDecoder {
             greeted = true
             return .continue
         }
-        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
-        guard length > 0, Int(length) <= messageBytesMax else {
-            throw CairnError(.protocolViolation, "Raft frame of \(length) bytes outside 1...\(messageBytesMax)")
-        }
-        guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
-        buffer.moveReaderIndex(forwardBy: 4)
-        let bytes = buffer.readBytes(length: Int(length))!
+        guard var frame = try buffer.readLengthPrefixedFrame(bytesMax: messageBytesMax, of: "Raft") else { return .needMoreData }
+        let bytes = frame.readBytes(length: frame.readableBytes)!
         let message: Message
         do {
             message = try Message(decoding: bytes)

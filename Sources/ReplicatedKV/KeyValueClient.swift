@@ -42,13 +42,25 @@ public final class KeyValueClient: Sendable {
                 target: .ipv4(address: server.host, port: server.port), transportSecurity: .plaintext,
                 config: .defaults { $0.connection.flushCoalescing = nil }, eventLoopGroup: eventLoop.group))
         }
-        let endpoints = grpcClients.mapValues { client in
+        let endpoints = Dictionary(uniqueKeysWithValues: grpcClients.map { server, client in
             let stub = Stub(wrapping: client)
-            return Endpoint(stub: stub, pipeline: PipelinedClient(inflightMax: inflightMax, callTimeout: .seconds(10), executor: eventLoop.executor) { requests, received in
-                try await stub.pipeline(requestProducer: { try await PipelinedCalls.send(requests, on: $0) },
-                                        onResponse: { try await PipelinedCalls.receive($0, received) })
-            })
-        }
+            // Each stream asks the server where its pipeline port is (it may have restarted since).
+            let pipeline = PipelinedClient<Cairn_Kv_V1_PipelineCall, Cairn_Kv_V1_PipelineAnswer>(
+                inflightMax: inflightMax, callTimeout: .seconds(10), executor: eventLoop.executor
+            ) { requests, received in
+                var options = CallOptions.defaults
+                options.timeout = .seconds(5)
+                let status = try await stub.status(Cairn_Kv_V1_StatusRequest(), options: options)
+                guard status.pipelinePort > 0, status.pipelinePort <= UInt16.max else {
+                    throw RPCError(code: .unavailable, message: "\(server) told no pipeline port")
+                }
+                try await FramedPipeline.open(service: KeyValueService.pipelineServiceName,
+                                              to: HostPort(host: server.host, port: Int(status.pipelinePort)), group: eventLoop.group,
+                                              frameBytesMax: KeyValueService.pipelineFrameBytesMax, requests: requests, received: received,
+                                              as: (Cairn_Kv_V1_PipelineRequest.self, Cairn_Kv_V1_PipelineResponse.self))
+            }
+            return (server, Endpoint(stub: stub, pipeline: pipeline))
+        })
         let frozen = grpcClients
         return try await withThrowingTaskGroup(of: Void.self) { group in
             for client in frozen.values { group.addTask(executorPreference: eventLoop.executor) { try await client.runConnections() } }

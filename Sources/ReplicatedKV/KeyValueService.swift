@@ -1,14 +1,20 @@
 import CairnCore
 import Foundation
 import GRPCCore
+import Logging
 import RaftCore
 import RaftRuntime
 
 /// The `KeyValue` gRPC service of one replica.
 public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
     let node: RaftNode<KeyValueMachine>
+    /// The port of this replica's pipelined calls (`pipelineServer`), told to clients by `status`.
+    let pipelinePort: Int
 
-    public init(node: RaftNode<KeyValueMachine>) { self.node = node }
+    public init(node: RaftNode<KeyValueMachine>, pipelinePort: Int) {
+        self.node = node
+        self.pipelinePort = pipelinePort
+    }
 
     public func put(request: Cairn_Kv_V1_PutRequest, context: ServerContext) async throws -> Cairn_Kv_V1_PutResponse {
         guard request.key.count <= KeyValueMachine.keyBytesMax, request.value.count <= KeyValueMachine.valueBytesMax else {
@@ -37,47 +43,60 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
         }
     }
 
-    /// Unanswered calls one pipelined stream may have at once.
+    /// Unanswered calls one pipelined connection may have at once.
     public static let pipelineInflightMax = 1024
+    /// The name a pipelined connection's hello carries.
+    public static let pipelineServiceName = "cairn.kv.v1.KeyValue"
+    /// The largest pipelined frame: a batch of about `PipelinedCalls.messageBytesMax`, or one
+    /// call or answer with the largest key and value.
+    public static let pipelineFrameBytesMax = PipelinedCalls.messageBytesMax + KeyValueMachine.keyBytesMax + KeyValueMachine.valueBytesMax + 4096
 
-    public func pipeline(request: RPCAsyncSequence<Cairn_Kv_V1_PipelineRequest, any Error>,
-                         response: RPCWriter<Cairn_Kv_V1_PipelineResponse>, context: ServerContext) async throws {
-        try await PipelinedCalls.serve(requests: request, responses: response, inflightMax: Self.pipelineInflightMax,
-                                       until: { [node] in await node.waitUntilStopped() }) { [node] request, respond in
-            let id = request.id
-            switch request.call {
-            case .put(let put):
-                guard put.key.count <= KeyValueMachine.keyBytesMax, put.value.count <= KeyValueMachine.valueBytesMax else {
-                    return respond(.init(id: id, error: RPCError(code: .invalidArgument, message: "key or value too large")))
-                }
-                node.propose(KeyValueMachine.putCommand(key: Array(put.key), value: Array(put.value))) { result in
-                    switch result {
-                    case .success((_, let index)):
-                        var answer = Cairn_Kv_V1_PipelineAnswer()
-                        answer.id = id
-                        answer.put.index = index
-                        respond(answer)
-                    case .failure(let error):
-                        respond(.init(id: id, error: error.rpcError))
-                    }
-                }
-            case .get(let get):
-                let key = Array(get.key)
-                node.read({ $0.values[key] }) { result in
-                    switch result {
-                    case .success(let value):
-                        var answer = Cairn_Kv_V1_PipelineAnswer()
-                        answer.id = id
-                        answer.get.found = value != nil
-                        answer.get.value = Data(value ?? [])
-                        respond(answer)
-                    case .failure(let error):
-                        respond(.init(id: id, error: error.rpcError))
-                    }
-                }
-            case nil:
-                respond(.init(id: id, error: RPCError(code: .invalidArgument, message: "a pipelined call needs a put or a get")))
+    /// Serves this replica's pipelined puts and gets on `host:port` (0: any free port), on its
+    /// event loop: put it in the replica's `ServiceGroup` after the node.
+    public static func pipelineServer(node: RaftNode<KeyValueMachine>, host: String, port: Int, eventLoop: SharedEventLoop,
+                                      logger: Logger) async throws -> FramedPipelineServer<Cairn_Kv_V1_PipelineRequest, Cairn_Kv_V1_PipelineResponse> {
+        try await FramedPipelineServer(service: pipelineServiceName, host: host, port: port, group: eventLoop.group,
+                                       inflightMax: pipelineInflightMax, frameBytesMax: pipelineFrameBytesMax, logger: logger) { call, respond in
+            handle(call, node: node, respond: respond)
+        }
+    }
+
+    /// One pipelined call: a put proposed to Raft, or a linearizable get; `respond` is called once.
+    static func handle(_ request: Cairn_Kv_V1_PipelineCall, node: RaftNode<KeyValueMachine>,
+                       respond: @escaping @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void) {
+        let id = request.id
+        switch request.call {
+        case .put(let put):
+            guard put.key.count <= KeyValueMachine.keyBytesMax, put.value.count <= KeyValueMachine.valueBytesMax else {
+                return respond(.init(id: id, error: RPCError(code: .invalidArgument, message: "key or value too large")))
             }
+            node.propose(KeyValueMachine.putCommand(key: Array(put.key), value: Array(put.value))) { result in
+                switch result {
+                case .success((_, let index)):
+                    var answer = Cairn_Kv_V1_PipelineAnswer()
+                    answer.id = id
+                    answer.put.index = index
+                    respond(answer)
+                case .failure(let error):
+                    respond(.init(id: id, error: error.rpcError))
+                }
+            }
+        case .get(let get):
+            let key = Array(get.key)
+            node.read({ $0.values[key] }) { result in
+                switch result {
+                case .success(let value):
+                    var answer = Cairn_Kv_V1_PipelineAnswer()
+                    answer.id = id
+                    answer.get.found = value != nil
+                    answer.get.value = Data(value ?? [])
+                    respond(answer)
+                case .failure(let error):
+                    respond(.init(id: id, error: error.rpcError))
+                }
+            }
+        case nil:
+            respond(.init(id: id, error: RPCError(code: .invalidArgument, message: "a pipelined call needs a put or a get")))
         }
     }
 
@@ -96,6 +115,7 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
             response.leaderAddress = status.leaderAddress?.description ?? ""
             response.stateDigest = Data(digest.bytes)
             response.keys = UInt64(keys)
+            response.pipelinePort = UInt32(pipelinePort)
             return response
         } catch {
             throw error.rpcError

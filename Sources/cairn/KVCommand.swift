@@ -28,6 +28,8 @@ struct KVCommand: AsyncParsableCommand {
         @Flag(help: "Found a new group on this first start (ignored once the log exists).") var bootstrap = false
         @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC).")
         var raftPort: Int = 0
+        @Option(help: "TCP port for clients' pipelined puts and gets, on the host of --listen (0: any free port; clients ask for it over gRPC).")
+        var pipelinePort: Int = 0
         @Option(help: "Milliseconds per Raft tick.") var tickMs: Int = 20
         @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Entries kept behind a snapshot for followers a little behind.") var entriesBehindSnapshot: UInt64 = 1_000
@@ -59,6 +61,13 @@ struct KVCommand: AsyncParsableCommand {
                 throw ExitCode.failure
             }
             let address = HostPort(listen)!
+            let pipeline: FramedPipelineServer<Cairn_Kv_V1_PipelineRequest, Cairn_Kv_V1_PipelineResponse>
+            do {
+                pipeline = try await KeyValueService.pipelineServer(node: node, host: address.host, port: pipelinePort, eventLoop: eventLoop, logger: logger)
+            } catch {
+                printError("cairn kv serve: cannot listen for pipelined calls on \(address.host):\(pipelinePort): \(error)")
+                throw ExitCode.failure
+            }
             let transport = HTTP2ServerTransport.Posix(
                 address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext,
                 config: .defaults {
@@ -67,10 +76,11 @@ struct KVCommand: AsyncParsableCommand {
                     $0.http2.maxFrameSize = 1 << 20
                     $0.connection.flushCoalescing = nil
                 }, eventLoopGroup: eventLoop.group)
-            let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node)])
+            let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node, pipelinePort: pipeline.port)])
             let group = ServiceGroup(configuration: .init(
-                // Shut down in reverse: the node first (ending peer streams), then the server.
-                services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: node)],
+                // Shut down in reverse: the node first (ending peer streams, answering every call), then the servers.
+                services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: pipeline),
+                           .init(service: node)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await withThrowingTaskGroup(of: Void.self) { tasks in
                 tasks.addTask { try await group.run() }

@@ -162,7 +162,7 @@ final class AckedWrites: Sendable {
         }
     }
 
-    @Test func garbageOnTheRaftPortClosesThatConnectionAndNothingElse() async throws {
+    @Test func garbageOnTheRaftOrPipelinePortClosesThatConnectionAndNothingElse() async throws {
         let cluster = try KVCluster()
         // Node 1's Raft port is fixed (as behind a firewall), the others pick free ones.
         let fixedRaftPort = try freeLoopbackPorts(1)[0]
@@ -200,35 +200,21 @@ final class AckedWrites: Sendable {
         for (name, bytes) in attacks {
             #expect(try closedAfterSending(bytes, to: port), "\(name): the connection stayed open")
         }
-        // The group is unaffected: writes commit and read back.
         try await KeyValueClient.with(servers: cluster.servers) { client in
+            // The same for node 1's pipeline port (clients' puts and gets), told by its status.
+            let pipelinePort = Int(try await client.status(of: target).pipelinePort)
+            #expect(pipelinePort > 0)
+            let name = Array(KeyValueService.pipelineServiceName.utf8)
+            let pipelineHello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
+            #expect(try !closedAfterSending(pipelineHello, to: pipelinePort))
+            for (name, bytes) in [("random bytes", testBytes(count: 64, seed: 10)),
+                                  ("an oversized frame", pipelineHello + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 11)),
+                                  ("an undecodable request", pipelineHello + [0, 0, 0, 3, 0xFF, 0xFF, 0xFF])] {
+                #expect(try closedAfterSending(bytes, to: pipelinePort), "pipeline port, \(name): the connection stayed open")
+            }
+            // The group is unaffected: writes commit and read back.
             for i in 0..<20 { _ = try await client.put(Array("k\(i)".utf8), Array("v\(i)".utf8)) }
             #expect(try await client.get(Array("k19".utf8)) == Array("v19".utf8))
-        }
-    }
-
-    /// Connects to 127.0.0.1:`port`, sends `bytes`, and reports whether the other side closes
-    /// the connection within two seconds.
-    func closedAfterSending(_ bytes: [UInt8], to port: Int) throws -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw CairnError(.io, "socket failed") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw CairnError(.io, "connect to \(port) failed") }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        var buffer = [UInt8](repeating: 0, count: 256)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 || (n < 0 && errno == ECONNRESET) { return true }
-            if n < 0 { return false }  // timed out: still open
         }
     }
 
@@ -296,5 +282,30 @@ extension ReplicatedKVProcessTests {
         }
         let log = cluster.daemons[4]!.stderr
         #expect(!log.contains("critical"))
+    }
+}
+
+/// Connects to 127.0.0.1:`port`, sends `bytes`, and reports whether the other side closes
+/// the connection within two seconds.
+func closedAfterSending(_ bytes: [UInt8], to port: Int) throws -> Bool {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw CairnError(.io, "socket failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw CairnError(.io, "connect to \(port) failed") }
+    var timeout = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    var buffer = [UInt8](repeating: 0, count: 256)
+    while true {
+        let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n == 0 || (n < 0 && errno == ECONNRESET) { return true }
+        if n < 0 { return false }  // timed out: still open
     }
 }

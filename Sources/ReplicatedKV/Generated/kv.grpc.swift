@@ -49,19 +49,6 @@ public enum Cairn_Kv_V1_KeyValue: Sendable {
                 type: .unary
             )
         }
-        /// Namespace for "Pipeline" metadata.
-        public enum Pipeline: Sendable {
-            /// Request type for "Pipeline".
-            public typealias Input = Cairn_Kv_V1_PipelineRequest
-            /// Response type for "Pipeline".
-            public typealias Output = Cairn_Kv_V1_PipelineResponse
-            /// Descriptor for "Pipeline".
-            public static let descriptor = GRPCCore.MethodDescriptor(
-                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.kv.v1.KeyValue"),
-                method: "Pipeline",
-                type: .bidirectionalStreaming
-            )
-        }
         /// Namespace for "Status" metadata.
         public enum Status: Sendable {
             /// Request type for "Status".
@@ -92,7 +79,6 @@ public enum Cairn_Kv_V1_KeyValue: Sendable {
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Put.descriptor,
             Get.descriptor,
-            Pipeline.descriptor,
             Status.descriptor,
             ChangeMembership.descriptor
         ]
@@ -156,27 +142,6 @@ extension Cairn_Kv_V1_KeyValue {
             request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_GetRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_GetResponse>
-
-        /// Handle the "Pipeline" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-        /// > client had ready, each call an id the client chooses; answers come back with the same ids
-        /// > in the order the calls finish, as many per message as were ready. A call the unary form
-        /// > would fail has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Cairn_Kv_V1_PipelineResponse` messages.
-        func pipeline(
-            request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_PipelineRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_PipelineResponse>
 
         /// Handle the "Status" method.
         ///
@@ -259,27 +224,6 @@ extension Cairn_Kv_V1_KeyValue {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Cairn_Kv_V1_GetResponse>
 
-        /// Handle the "Pipeline" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-        /// > client had ready, each call an id the client chooses; answers come back with the same ids
-        /// > in the order the calls finish, as many per message as were ready. A call the unary form
-        /// > would fail has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Cairn_Kv_V1_PipelineResponse` messages.
-        func pipeline(
-            request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_PipelineRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_PipelineResponse>
-
         /// Handle the "Status" method.
         ///
         /// > Source IDL Documentation:
@@ -359,28 +303,6 @@ extension Cairn_Kv_V1_KeyValue {
             context: GRPCCore.ServerContext
         ) async throws -> Cairn_Kv_V1_GetResponse
 
-        /// Handle the "Pipeline" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-        /// > client had ready, each call an id the client chooses; answers come back with the same ids
-        /// > in the order the calls finish, as many per message as were ready. A call the unary form
-        /// > would fail has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A stream of `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - response: A response stream of `Cairn_Kv_V1_PipelineResponse` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        func pipeline(
-            request: GRPCCore.RPCAsyncSequence<Cairn_Kv_V1_PipelineRequest, any Swift.Error>,
-            response: GRPCCore.RPCWriter<Cairn_Kv_V1_PipelineResponse>,
-            context: GRPCCore.ServerContext
-        ) async throws
-
         /// Handle the "Status" method.
         ///
         /// > Source IDL Documentation:
@@ -440,17 +362,6 @@ extension Cairn_Kv_V1_KeyValue.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_GetResponse>(),
             handler: { request, context in
                 try await self.get(
-                    request: request,
-                    context: context
-                )
-            }
-        )
-        router.registerHandler(
-            forMethod: Cairn_Kv_V1_KeyValue.Method.Pipeline.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Kv_V1_PipelineRequest>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_PipelineResponse>(),
-            handler: { request, context in
-                try await self.pipeline(
                     request: request,
                     context: context
                 )
@@ -558,23 +469,6 @@ extension Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
         )
     }
 
-    public func pipeline(
-        request: GRPCCore.StreamingServerRequest<Cairn_Kv_V1_PipelineRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Kv_V1_PipelineResponse> {
-        return GRPCCore.StreamingServerResponse<Cairn_Kv_V1_PipelineResponse>(
-            metadata: [:],
-            producer: { writer in
-                try await self.pipeline(
-                    request: request.messages,
-                    response: writer,
-                    context: context
-                )
-                return [:]
-            }
-        )
-    }
-
     public func status(
         request: GRPCCore.ServerRequest<Cairn_Kv_V1_StatusRequest>,
         context: GRPCCore.ServerContext
@@ -655,32 +549,6 @@ extension Cairn_Kv_V1_KeyValue {
             deserializer: some GRPCCore.MessageDeserializer<Cairn_Kv_V1_GetResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Kv_V1_GetResponse>) async throws -> Result
-        ) async throws -> Result where Result: Sendable
-
-        /// Call the "Pipeline" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-        /// > client had ready, each call an id the client chooses; answers come back with the same ids
-        /// > in the order the calls finish, as many per message as were ready. A call the unary form
-        /// > would fail has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request producing `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - serializer: A serializer for `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - deserializer: A deserializer for `Cairn_Kv_V1_PipelineResponse` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        func pipeline<Result>(
-            request: GRPCCore.StreamingClientRequest<Cairn_Kv_V1_PipelineRequest>,
-            serializer: some GRPCCore.MessageSerializer<Cairn_Kv_V1_PipelineRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Cairn_Kv_V1_PipelineResponse>,
-            options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Kv_V1_PipelineResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
         /// Call the "Status" method.
@@ -807,41 +675,6 @@ extension Cairn_Kv_V1_KeyValue {
             try await self.client.unary(
                 request: request,
                 descriptor: Cairn_Kv_V1_KeyValue.Method.Get.descriptor,
-                serializer: serializer,
-                deserializer: deserializer,
-                options: options,
-                onResponse: handleResponse
-            )
-        }
-
-        /// Call the "Pipeline" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-        /// > client had ready, each call an id the client chooses; answers come back with the same ids
-        /// > in the order the calls finish, as many per message as were ready. A call the unary form
-        /// > would fail has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request producing `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - serializer: A serializer for `Cairn_Kv_V1_PipelineRequest` messages.
-        ///   - deserializer: A deserializer for `Cairn_Kv_V1_PipelineResponse` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        public func pipeline<Result>(
-            request: GRPCCore.StreamingClientRequest<Cairn_Kv_V1_PipelineRequest>,
-            serializer: some GRPCCore.MessageSerializer<Cairn_Kv_V1_PipelineRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Cairn_Kv_V1_PipelineResponse>,
-            options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Kv_V1_PipelineResponse>) async throws -> Result
-        ) async throws -> Result where Result: Sendable {
-            try await self.client.bidirectionalStreaming(
-                request: request,
-                descriptor: Cairn_Kv_V1_KeyValue.Method.Pipeline.descriptor,
                 serializer: serializer,
                 deserializer: deserializer,
                 options: options,
@@ -980,36 +813,6 @@ extension Cairn_Kv_V1_KeyValue.ClientProtocol {
         )
     }
 
-    /// Call the "Pipeline" method.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-    /// > client had ready, each call an id the client chooses; answers come back with the same ids
-    /// > in the order the calls finish, as many per message as were ready. A call the unary form
-    /// > would fail has `error` set instead.
-    ///
-    /// - Parameters:
-    ///   - request: A streaming request producing `Cairn_Kv_V1_PipelineRequest` messages.
-    ///   - options: Options to apply to this RPC.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func pipeline<Result>(
-        request: GRPCCore.StreamingClientRequest<Cairn_Kv_V1_PipelineRequest>,
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Kv_V1_PipelineResponse>) async throws -> Result
-    ) async throws -> Result where Result: Sendable {
-        try await self.pipeline(
-            request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Kv_V1_PipelineRequest>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Kv_V1_PipelineResponse>(),
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
     /// Call the "Status" method.
     ///
     /// > Source IDL Documentation:
@@ -1132,41 +935,6 @@ extension Cairn_Kv_V1_KeyValue.ClientProtocol {
             metadata: metadata
         )
         return try await self.get(
-            request: request,
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
-    /// Call the "Pipeline" method.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > Puts and gets pipelined on one long-lived stream: each message carries every call the
-    /// > client had ready, each call an id the client chooses; answers come back with the same ids
-    /// > in the order the calls finish, as many per message as were ready. A call the unary form
-    /// > would fail has `error` set instead.
-    ///
-    /// - Parameters:
-    ///   - metadata: Additional metadata to send, defaults to empty.
-    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - producer: A closure producing request messages to send to the server. Returning
-    ///       from the closure closes the request stream.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func pipeline<Result>(
-        metadata: GRPCCore.Metadata = [:],
-        options: GRPCCore.CallOptions = .defaults,
-        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Cairn_Kv_V1_PipelineRequest>) async throws -> Void,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Kv_V1_PipelineResponse>) async throws -> Result
-    ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.StreamingClientRequest<Cairn_Kv_V1_PipelineRequest>(
-            metadata: metadata,
-            producer: producer
-        )
-        return try await self.pipeline(
             request: request,
             options: options,
             onResponse: handleResponse

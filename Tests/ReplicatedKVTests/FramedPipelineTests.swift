@@ -1,0 +1,151 @@
+import CairnCore
+import CairnTestSupport
+import Foundation
+import GRPCCore
+import Logging
+import RaftRuntime
+import ReplicatedKV
+import Synchronization
+import Testing
+
+/// `FramedPipelineServer` and `FramedPipeline.open` on loopback, with a scripted handler in
+/// place of a Raft node: answers reach their own callers whatever the order and thread they
+/// come from, and bad input closes that one connection while the server serves the others.
+@Suite struct FramedPipelineTests {
+    typealias Server = FramedPipelineServer<Cairn_Kv_V1_PipelineRequest, Cairn_Kv_V1_PipelineResponse>
+    typealias Client = PipelinedClient<Cairn_Kv_V1_PipelineCall, Cairn_Kv_V1_PipelineAnswer>
+    static let service = "test.Echo"
+    /// The server logs each connection it closes; these tests close many on purpose.
+    static let quietLogger: Logger = {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    /// Puts held until 8 arrived, then answered in reverse order from another thread (odd
+    /// values as errors); a get is answered at once on the loop with its key reversed.
+    final class Holder: Sendable {
+        let held = Mutex<[(Cairn_Kv_V1_PipelineCall, @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void)]>([])
+
+        func handle(_ call: Cairn_Kv_V1_PipelineCall, _ respond: @escaping @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void) {
+            if case .get(let get) = call.call {
+                var answer = Cairn_Kv_V1_PipelineAnswer()
+                answer.id = call.id
+                answer.get.value = Data(get.key.reversed())
+                return respond(answer)
+            }
+            let ready = held.withLock { h -> [(Cairn_Kv_V1_PipelineCall, @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void)] in
+                h.append((call, respond))
+                guard h.count == 8 else { return [] }
+                defer { h = [] }
+                return h
+            }
+            guard !ready.isEmpty else { return }
+            Thread.detachNewThread {
+                for (call, respond) in ready.reversed() {
+                    let value = Int(call.put.value.first ?? 0)
+                    if value % 2 == 1 {
+                        respond(.init(id: call.id, error: RPCError(code: .aborted, message: "odd \(value)")))
+                    } else {
+                        var answer = Cairn_Kv_V1_PipelineAnswer()
+                        answer.id = call.id
+                        answer.put.index = UInt64(value * 10)
+                        respond(answer)
+                    }
+                }
+            }
+        }
+    }
+
+    func withServer<T: Sendable>(inflightMax: Int = 64, _ body: (Server, SharedEventLoop) async throws -> T) async throws -> T {
+        let holder = Holder()
+        return try await SharedEventLoop.with { eventLoop in
+            let server = try await Server(service: Self.service, host: "127.0.0.1", port: 0, group: eventLoop.group, inflightMax: inflightMax,
+                                          frameBytesMax: 1 << 16, logger: Self.quietLogger) { holder.handle($0, $1) }
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                // Serves until cancelled (no ServiceGroup here): then closes its listener and connections.
+                group.addTask { try await server.run() }
+                defer { group.cancelAll() }
+                return try await body(server, eventLoop)
+            }
+        }
+    }
+
+    func client(port: Int, eventLoop: SharedEventLoop, service: String = service) -> Client {
+        Client(inflightMax: 64, callTimeout: .seconds(20), executor: eventLoop.executor) { requests, received in
+            try await FramedPipeline.open(service: service, to: HostPort(host: "127.0.0.1", port: port), group: eventLoop.group,
+                                          frameBytesMax: 1 << 16, requests: requests, received: received,
+                                          as: (Cairn_Kv_V1_PipelineRequest.self, Cairn_Kv_V1_PipelineResponse.self))
+        }
+    }
+
+    func put(_ client: Client, _ value: UInt8) async -> Result<UInt64, RPCError> {
+        var call = Cairn_Kv_V1_PipelineCall()
+        call.put.value = Data([value])
+        do {
+            return .success(try await client.call(call).put.index)
+        } catch let error as RPCError {
+            return .failure(error)
+        } catch {
+            return .failure(RPCError(code: .unknown, message: "\(error)"))
+        }
+    }
+
+    @Test func answersInAnyOrderAndFromAnyThreadReachTheirOwnCallers() async throws {
+        try await withServer { server, eventLoop in
+            let client = client(port: server.port, eventLoop: eventLoop)
+            defer { client.close() }
+            try await withThrowingTaskGroup(of: (UInt8, Result<UInt64, RPCError>).self) { group in
+                for value in UInt8(0)..<8 { group.addTask { (value, await put(client, value)) } }
+                for try await (value, result) in group {
+                    switch result {
+                    case .success(let index): #expect(value % 2 == 0 && index == UInt64(value) * 10)
+                    case .failure(let error): #expect(value % 2 == 1 && error.code == .aborted && error.message == "odd \(value)")
+                    }
+                }
+            }
+            var get = Cairn_Kv_V1_PipelineCall()
+            get.get.key = Data("abc".utf8)
+            #expect(try await client.call(get).get.value == Data("cba".utf8))
+        }
+    }
+
+    @Test func badInputClosesThatConnectionAndTheServerServesOthers() async throws {
+        try await withServer(inflightMax: 4) { server, eventLoop in
+            let name = Array(Self.service.utf8)
+            let hello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
+            func frame(_ bytes: [UInt8]) -> [UInt8] { withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { Array($0) } + bytes }
+            var fivePuts = Cairn_Kv_V1_PipelineRequest()
+            for id in 1...5 {
+                var call = Cairn_Kv_V1_PipelineCall()
+                call.id = UInt64(id)
+                call.put.value = Data([2])  // held: never answered (fewer than 8)
+                fivePuts.items.append(call)
+            }
+            let attacks: [(String, [UInt8])] = [
+                ("random bytes", testBytes(count: 64, seed: 7)),
+                ("another wire version", [0x43, 0x50, 0x49, 0x50, 2, UInt8(name.count)] + name),
+                ("another service", [0x43, 0x50, 0x49, 0x50, 1, 3] + Array("kv!".utf8)),
+                ("an empty frame", hello + [0, 0, 0, 0]),
+                ("an oversized frame", hello + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 8)),
+                ("an undecodable request", hello + frame([0xFF, 0xFF, 0xFF])),
+                ("more calls unanswered than allowed", hello + frame(try fivePuts.serializedBytes())),
+            ]
+            // The control: a proper hello alone is kept open.
+            #expect(try !closedAfterSending(hello, to: server.port))
+            for (name, bytes) in attacks {
+                #expect(try closedAfterSending(bytes, to: server.port), "\(name): the connection stayed open")
+            }
+            // A client that names another service gets an error, not a hang.
+            let lost = client(port: server.port, eventLoop: eventLoop, service: "kv!")
+            defer { lost.close() }
+            if case .failure(let error) = await put(lost, 0) { #expect(error.code == .unavailable) } else { Issue.record("answered") }
+            // Others are served.
+            let client = client(port: server.port, eventLoop: eventLoop)
+            defer { client.close() }
+            var get = Cairn_Kv_V1_PipelineCall()
+            get.get.key = Data("xy".utf8)
+            #expect(try await client.call(get).get.value == Data("yx".utf8))
+        }
+    }
+}
