@@ -78,6 +78,25 @@ public enum FramedPipeline {
         if let error = failure.mutex.withLock({ $0 }) { throw error }
     }
 
+    /// `open`, at the port the replica at `server` tells through its `PipelinePorts` service
+    /// (asked on `portsVia`, a gRPC client of `server`) for `service`.
+    public static func open<Request: PipelinedBatch & SwiftProtobuf.Message, Response: PipelinedBatch & SwiftProtobuf.Message, Transport: ClientTransport>(
+        service: String, at server: HostPort, portsVia client: GRPCClient<Transport>, group: any EventLoopGroup, frameBytesMax: Int,
+        requests: BatchQueue<Request.Item>, received: @escaping @Sendable (Response.Item) -> Void,
+        as types: (Request.Type, Response.Type) = (Request.self, Response.self)
+    ) async throws {
+        var request = Cairn_Raft_V1_PipelinePortRequest()
+        request.service = service
+        var options = CallOptions.defaults
+        options.timeout = .seconds(5)
+        let port = try await Cairn_Raft_V1_PipelinePorts.Client(wrapping: client).port(request, options: options).port
+        guard port > 0, port <= UInt16.max else {
+            throw RPCError(code: .unavailable, message: "\(server) told pipeline port \(port) for \(service)")
+        }
+        try await open(service: service, to: HostPort(host: server.host, port: Int(port)), group: group, frameBytesMax: frameBytesMax,
+                       requests: requests, received: received, as: types)
+    }
+
     /// One message as a frame: u32 length + its protobuf encoding.
     ///
     /// - Throws: `.tooLarge` past `bytesMax`, or the encoder's error.
@@ -122,6 +141,8 @@ public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.
 
     private let listener: any Channel
     private let connections: SharedMutex<[ObjectIdentifier: any Channel]>
+    /// The service's name (in each connection's hello).
+    public let service: String
     /// The port it listens on.
     public let port: Int
 
@@ -131,7 +152,8 @@ public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.
     ///   block, and must call `respond` exactly once, from any thread.
     public init(service: String, host: String, port: Int, group: any EventLoopGroup, inflightMax: Int, frameBytesMax: Int,
                 logger: Logger, handle: @escaping Handle) async throws {
-        precondition(inflightMax > 0 && frameBytesMax > 0)
+        precondition(inflightMax > 0 && frameBytesMax > 0 && service.utf8.count <= FramedPipeline.serviceBytesMax)
+        self.service = service
         let connections = SharedMutex<[ObjectIdentifier: any Channel]>([:])
         self.connections = connections
         listener = try await ServerBootstrap(group: group)
@@ -156,10 +178,29 @@ public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.
         self.port = bound
     }
 
+    /// The gRPC service that tells clients this server's port (register it on the replica's server).
+    public var portService: PipelinePortService { PipelinePortService(ports: [service: port]) }
+
     public func run() async throws {
         try? await gracefulShutdown()
         try? await listener.close()
         for channel in connections.mutex.withLock({ Array($0.values) }) { try? await channel.close() }
+    }
+}
+
+/// `PipelinePorts` service: where this replica serves each service's pipelined calls.
+public struct PipelinePortService: Cairn_Raft_V1_PipelinePorts.SimpleServiceProtocol {
+    let ports: [String: Int]
+
+    public init(ports: [String: Int]) { self.ports = ports }
+
+    public func port(request: Cairn_Raft_V1_PipelinePortRequest, context: ServerContext) async throws -> Cairn_Raft_V1_PipelinePortResponse {
+        guard let port = ports[request.service] else {
+            throw RPCError(code: .notFound, message: "no pipelined service '\(request.service)' here")
+        }
+        var response = Cairn_Raft_V1_PipelinePortResponse()
+        response.port = UInt32(port)
+        return response
     }
 }
 

@@ -48,14 +48,7 @@ public final class KeyValueClient: Sendable {
             let pipeline = PipelinedClient<Cairn_Kv_V1_PipelineCall, Cairn_Kv_V1_PipelineAnswer>(
                 inflightMax: inflightMax, callTimeout: .seconds(10), executor: eventLoop.executor
             ) { requests, received in
-                var options = CallOptions.defaults
-                options.timeout = .seconds(5)
-                let status = try await stub.status(Cairn_Kv_V1_StatusRequest(), options: options)
-                guard status.pipelinePort > 0, status.pipelinePort <= UInt16.max else {
-                    throw RPCError(code: .unavailable, message: "\(server) told no pipeline port")
-                }
-                try await FramedPipeline.open(service: KeyValueService.pipelineServiceName,
-                                              to: HostPort(host: server.host, port: Int(status.pipelinePort)), group: eventLoop.group,
+                try await FramedPipeline.open(service: KeyValueService.pipelineServiceName, at: server, portsVia: client, group: eventLoop.group,
                                               frameBytesMax: KeyValueService.pipelineFrameBytesMax, requests: requests, received: received,
                                               as: (Cairn_Kv_V1_PipelineRequest.self, Cairn_Kv_V1_PipelineResponse.self))
             }

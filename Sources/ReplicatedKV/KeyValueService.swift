@@ -8,13 +8,8 @@ import RaftRuntime
 /// The `KeyValue` gRPC service of one replica.
 public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
     let node: RaftNode<KeyValueMachine>
-    /// The port of this replica's pipelined calls (`pipelineServer`), told to clients by `status`.
-    let pipelinePort: Int
 
-    public init(node: RaftNode<KeyValueMachine>, pipelinePort: Int) {
-        self.node = node
-        self.pipelinePort = pipelinePort
-    }
+    public init(node: RaftNode<KeyValueMachine>) { self.node = node }
 
     public func put(request: Cairn_Kv_V1_PutRequest, context: ServerContext) async throws -> Cairn_Kv_V1_PutResponse {
         guard request.key.count <= KeyValueMachine.keyBytesMax, request.value.count <= KeyValueMachine.valueBytesMax else {
@@ -52,7 +47,8 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
     public static let pipelineFrameBytesMax = PipelinedCalls.messageBytesMax + KeyValueMachine.keyBytesMax + KeyValueMachine.valueBytesMax + 4096
 
     /// Serves this replica's pipelined puts and gets on `host:port` (0: any free port), on its
-    /// event loop: put it in the replica's `ServiceGroup` after the node.
+    /// event loop: put it in the replica's `ServiceGroup` after the node, and its `portService`
+    /// on the replica's gRPC server.
     public static func pipelineServer(node: RaftNode<KeyValueMachine>, host: String, port: Int, eventLoop: SharedEventLoop,
                                       logger: Logger) async throws -> FramedPipelineServer<Cairn_Kv_V1_PipelineRequest, Cairn_Kv_V1_PipelineResponse> {
         try await FramedPipelineServer(service: pipelineServiceName, host: host, port: port, group: eventLoop.group,
@@ -115,7 +111,6 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
             response.leaderAddress = status.leaderAddress?.description ?? ""
             response.stateDigest = Data(digest.bytes)
             response.keys = UInt64(keys)
-            response.pipelinePort = UInt32(pipelinePort)
             return response
         } catch {
             throw error.rpcError

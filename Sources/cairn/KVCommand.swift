@@ -28,7 +28,7 @@ struct KVCommand: AsyncParsableCommand {
         @Flag(help: "Found a new group on this first start (ignored once the log exists).") var bootstrap = false
         @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC).")
         var raftPort: Int = 0
-        @Option(help: "TCP port for clients' pipelined puts and gets, on the host of --listen (0: any free port; clients ask for it over gRPC).")
+        @Option(help: "TCP port for clients' pipelined puts and gets, on the host of --listen (0: any free port; clients ask for it over gRPC). Fix it where a firewall must let it through.")
         var pipelinePort: Int = 0
         @Option(help: "Milliseconds per Raft tick.") var tickMs: Int = 20
         @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
@@ -76,7 +76,7 @@ struct KVCommand: AsyncParsableCommand {
                     $0.http2.maxFrameSize = 1 << 20
                     $0.connection.flushCoalescing = nil
                 }, eventLoopGroup: eventLoop.group)
-            let server = GRPCServer(transport: transport, services: [node.peerService, KeyValueService(node: node, pipelinePort: pipeline.port)])
+            let server = GRPCServer(transport: transport, services: [node.peerService, pipeline.portService, KeyValueService(node: node)])
             let group = ServiceGroup(configuration: .init(
                 // Shut down in reverse: the node first (ending peer streams, answering every call), then the servers.
                 services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: pipeline),

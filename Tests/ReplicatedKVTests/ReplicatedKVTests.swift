@@ -201,9 +201,18 @@ final class AckedWrites: Sendable {
             #expect(try closedAfterSending(bytes, to: port), "\(name): the connection stayed open")
         }
         try await KeyValueClient.with(servers: cluster.servers) { client in
-            // The same for node 1's pipeline port (clients' puts and gets), told by its status.
-            let pipelinePort = Int(try await client.status(of: target).pipelinePort)
-            #expect(pipelinePort > 0)
+            // The same for node 1's pipeline port (clients' puts and gets), told by its PipelinePorts service.
+            let pipelinePort = try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: target.host, port: target.port),
+                                                                                 transportSecurity: .plaintext)) { grpc in
+                let ports = Cairn_Raft_V1_PipelinePorts.Client(wrapping: grpc)
+                var unknown = Cairn_Raft_V1_PipelinePortRequest()
+                unknown.service = "cairn.meta.v1.Meta"
+                await #expect(throws: RPCError.self) { _ = try await ports.port(unknown) }
+                var request = Cairn_Raft_V1_PipelinePortRequest()
+                request.service = KeyValueService.pipelineServiceName
+                return Int(try await ports.port(request).port)
+            }
+            #expect(pipelinePort > 0 && pipelinePort != port)
             let name = Array(KeyValueService.pipelineServiceName.utf8)
             let pipelineHello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
             #expect(try !closedAfterSending(pipelineHello, to: pipelinePort))

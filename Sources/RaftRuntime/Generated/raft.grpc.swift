@@ -342,3 +342,356 @@ extension Cairn_Raft_V1_RaftPeer.ClientProtocol {
         )
     }
 }
+
+// MARK: - cairn.raft.v1.PipelinePorts
+
+/// Namespace containing generated types for the "cairn.raft.v1.PipelinePorts" service.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+public enum Cairn_Raft_V1_PipelinePorts: Sendable {
+    /// Service descriptor for the "cairn.raft.v1.PipelinePorts" service.
+    public static let descriptor = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.raft.v1.PipelinePorts")
+    /// Namespace for method metadata.
+    public enum Method: Sendable {
+        /// Namespace for "Port" metadata.
+        public enum Port: Sendable {
+            /// Request type for "Port".
+            public typealias Input = Cairn_Raft_V1_PipelinePortRequest
+            /// Response type for "Port".
+            public typealias Output = Cairn_Raft_V1_PipelinePortResponse
+            /// Descriptor for "Port".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.raft.v1.PipelinePorts"),
+                method: "Port",
+                type: .unary
+            )
+        }
+        /// Descriptors for all methods in the "cairn.raft.v1.PipelinePorts" service.
+        public static let descriptors: [GRPCCore.MethodDescriptor] = [
+            Port.descriptor
+        ]
+    }
+}
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension GRPCCore.ServiceDescriptor {
+    /// Service descriptor for the "cairn.raft.v1.PipelinePorts" service.
+    public static let cairn_raft_v1_PipelinePorts = GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.raft.v1.PipelinePorts")
+}
+
+// MARK: cairn.raft.v1.PipelinePorts (server)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts {
+    /// Streaming variant of the service protocol for the "cairn.raft.v1.PipelinePorts" service.
+    ///
+    /// This protocol is the lowest-level of the service protocols generated for this service
+    /// giving you the most flexibility over the implementation of your service. This comes at
+    /// the cost of more verbose and less strict APIs. Each RPC requires you to implement it in
+    /// terms of a request stream and response stream. Where the RPC expects only a single
+    /// request or response message, you are responsible for ensuring your implementation
+    /// maintains this invariant.
+    ///
+    /// Where possible, prefer using the stricter, less-verbose ``ServiceProtocol``
+    /// or ``SimpleServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Where a replica serves a service's pipelined calls in frames (RaftRuntime/FramedPipeline.swift):
+    /// > clients ask here, at the replica's gRPC address, before they connect.
+    public protocol StreamingServiceProtocol: GRPCCore.RegistrableRPCService {
+        /// Handle the "Port" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Cairn_Raft_V1_PipelinePortRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Cairn_Raft_V1_PipelinePortResponse` messages.
+        func port(
+            request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_PipelinePortRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Raft_V1_PipelinePortResponse>
+    }
+
+    /// Service protocol for the "cairn.raft.v1.PipelinePorts" service.
+    ///
+    /// This protocol is higher level than ``StreamingServiceProtocol`` but lower level than
+    /// the ``SimpleServiceProtocol``, it provides access to request and response metadata and
+    /// trailing response metadata. If you don't need these then consider using
+    /// the ``SimpleServiceProtocol``. If you need fine grained control over your RPCs then
+    /// use ``StreamingServiceProtocol``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Where a replica serves a service's pipelined calls in frames (RaftRuntime/FramedPipeline.swift):
+    /// > clients ask here, at the replica's gRPC address, before they connect.
+    public protocol ServiceProtocol: Cairn_Raft_V1_PipelinePorts.StreamingServiceProtocol {
+        /// Handle the "Port" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cairn_Raft_V1_PipelinePortRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Cairn_Raft_V1_PipelinePortResponse` message.
+        func port(
+            request: GRPCCore.ServerRequest<Cairn_Raft_V1_PipelinePortRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Cairn_Raft_V1_PipelinePortResponse>
+    }
+
+    /// Simple service protocol for the "cairn.raft.v1.PipelinePorts" service.
+    ///
+    /// This is the highest level protocol for the service. The API is the easiest to use but
+    /// doesn't provide access to request or response metadata. If you need access to these
+    /// then use ``ServiceProtocol`` instead.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Where a replica serves a service's pipelined calls in frames (RaftRuntime/FramedPipeline.swift):
+    /// > clients ask here, at the replica's gRPC address, before they connect.
+    public protocol SimpleServiceProtocol: Cairn_Raft_V1_PipelinePorts.ServiceProtocol {
+        /// Handle the "Port" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+        ///
+        /// - Parameters:
+        ///   - request: A `Cairn_Raft_V1_PipelinePortRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Cairn_Raft_V1_PipelinePortResponse` to respond with.
+        func port(
+            request: Cairn_Raft_V1_PipelinePortRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Cairn_Raft_V1_PipelinePortResponse
+    }
+}
+
+// Default implementation of 'registerMethods(with:)'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts.StreamingServiceProtocol {
+    public func registerMethods<Transport>(with router: inout GRPCCore.RPCRouter<Transport>) where Transport: GRPCCore.ServerTransport {
+        router.registerHandler(
+            forMethod: Cairn_Raft_V1_PipelinePorts.Method.Port.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Raft_V1_PipelinePortRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Raft_V1_PipelinePortResponse>(),
+            handler: { request, context in
+                try await self.port(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+    }
+}
+
+// Default implementation of streaming methods from 'StreamingServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts.ServiceProtocol {
+    public func port(
+        request: GRPCCore.StreamingServerRequest<Cairn_Raft_V1_PipelinePortRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Raft_V1_PipelinePortResponse> {
+        let response = try await self.port(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+}
+
+// Default implementation of methods from 'ServiceProtocol'.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts.SimpleServiceProtocol {
+    public func port(
+        request: GRPCCore.ServerRequest<Cairn_Raft_V1_PipelinePortRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Cairn_Raft_V1_PipelinePortResponse> {
+        return GRPCCore.ServerResponse<Cairn_Raft_V1_PipelinePortResponse>(
+            message: try await self.port(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+}
+
+// MARK: cairn.raft.v1.PipelinePorts (client)
+
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts {
+    /// Generated client protocol for the "cairn.raft.v1.PipelinePorts" service.
+    ///
+    /// You don't need to implement this protocol directly, use the generated
+    /// implementation, ``Client``.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Where a replica serves a service's pipelined calls in frames (RaftRuntime/FramedPipeline.swift):
+    /// > clients ask here, at the replica's gRPC address, before they connect.
+    public protocol ClientProtocol: Sendable {
+        /// Call the "Port" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cairn_Raft_V1_PipelinePortRequest` message.
+        ///   - serializer: A serializer for `Cairn_Raft_V1_PipelinePortRequest` messages.
+        ///   - deserializer: A deserializer for `Cairn_Raft_V1_PipelinePortResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func port<Result>(
+            request: GRPCCore.ClientRequest<Cairn_Raft_V1_PipelinePortRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cairn_Raft_V1_PipelinePortRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cairn_Raft_V1_PipelinePortResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_PipelinePortResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+    }
+
+    /// Generated client for the "cairn.raft.v1.PipelinePorts" service.
+    ///
+    /// The ``Client`` provides an implementation of ``ClientProtocol`` which wraps
+    /// a `GRPCCore.GRPCCClient`. The underlying `GRPCClient` provides the long-lived
+    /// means of communication with the remote peer.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Where a replica serves a service's pipelined calls in frames (RaftRuntime/FramedPipeline.swift):
+    /// > clients ask here, at the replica's gRPC address, before they connect.
+    public struct Client<Transport>: ClientProtocol where Transport: GRPCCore.ClientTransport {
+        private let client: GRPCCore.GRPCClient<Transport>
+
+        /// Creates a new client wrapping the provided `GRPCCore.GRPCClient`.
+        ///
+        /// - Parameters:
+        ///   - client: A `GRPCCore.GRPCClient` providing a communication channel to the service.
+        public init(wrapping client: GRPCCore.GRPCClient<Transport>) {
+            self.client = client
+        }
+
+        /// Call the "Port" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Cairn_Raft_V1_PipelinePortRequest` message.
+        ///   - serializer: A serializer for `Cairn_Raft_V1_PipelinePortRequest` messages.
+        ///   - deserializer: A deserializer for `Cairn_Raft_V1_PipelinePortResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func port<Result>(
+            request: GRPCCore.ClientRequest<Cairn_Raft_V1_PipelinePortRequest>,
+            serializer: some GRPCCore.MessageSerializer<Cairn_Raft_V1_PipelinePortRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Cairn_Raft_V1_PipelinePortResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_PipelinePortResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Cairn_Raft_V1_PipelinePorts.Method.Port.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+    }
+}
+
+// Helpers providing default arguments to 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts.ClientProtocol {
+    /// Call the "Port" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Cairn_Raft_V1_PipelinePortRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func port<Result>(
+        request: GRPCCore.ClientRequest<Cairn_Raft_V1_PipelinePortRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_PipelinePortResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.port(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Raft_V1_PipelinePortRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Raft_V1_PipelinePortResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}
+
+// Helpers providing sugared APIs for 'ClientProtocol' methods.
+@available(macOS 15.0, iOS 18.0, watchOS 11.0, tvOS 18.0, visionOS 2.0, *)
+extension Cairn_Raft_V1_PipelinePorts.ClientProtocol {
+    /// Call the "Port" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > The port on the host of the address this was called at; NOT_FOUND for a service not served.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func port<Result>(
+        _ message: Cairn_Raft_V1_PipelinePortRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Raft_V1_PipelinePortResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Cairn_Raft_V1_PipelinePortRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.port(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+}

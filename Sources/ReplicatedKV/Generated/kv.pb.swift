@@ -151,7 +151,7 @@ public nonisolated struct Cairn_Kv_V1_GetResponse: Sendable {
 }
 
 /// Puts and gets pipelined on one long-lived connection to the replica's pipeline port
-/// (`StatusResponse.pipeline_port`; frames of `FramedPipeline`, RaftRuntime): each request carries
+/// (frames of `FramedPipeline`, RaftRuntime; the port from the replica's `PipelinePorts` service): each request carries
 /// every call the client had ready, each call an id the client chooses; answers come back with the
 /// same ids in the order the calls finish, as many per response as were ready. A call the unary
 /// form would fail has `error` set instead.
@@ -315,9 +315,6 @@ public nonisolated struct Cairn_Kv_V1_StatusResponse: Sendable {
   public var stateDigest: Data = Data()
 
   public var keys: UInt64 = 0
-
-  /// The port of this replica's pipelined calls (`PipelineRequest`), on the host of its address.
-  public var pipelinePort: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -807,7 +804,7 @@ nonisolated extension Cairn_Kv_V1_StatusRequest: SwiftProtobuf.Message, SwiftPro
 
 nonisolated extension Cairn_Kv_V1_StatusResponse: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StatusResponse"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}term\0\u{1}leader\0\u{1}role\0\u{1}commit\0\u{1}applied\0\u{3}leader_address\0\u{3}state_digest\0\u{1}keys\0\u{3}pipeline_port\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}id\0\u{1}term\0\u{1}leader\0\u{1}role\0\u{1}commit\0\u{1}applied\0\u{3}leader_address\0\u{3}state_digest\0\u{1}keys\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -824,7 +821,6 @@ nonisolated extension Cairn_Kv_V1_StatusResponse: SwiftProtobuf.Message, SwiftPr
       case 7: try { try decoder.decodeSingularStringField(value: &self.leaderAddress) }()
       case 8: try { try decoder.decodeSingularBytesField(value: &self.stateDigest) }()
       case 9: try { try decoder.decodeSingularUInt64Field(value: &self.keys) }()
-      case 10: try { try decoder.decodeSingularUInt32Field(value: &self.pipelinePort) }()
       default: break
       }
     }
@@ -858,9 +854,6 @@ nonisolated extension Cairn_Kv_V1_StatusResponse: SwiftProtobuf.Message, SwiftPr
     if self.keys != 0 {
       try visitor.visitSingularUInt64Field(value: self.keys, fieldNumber: 9)
     }
-    if self.pipelinePort != 0 {
-      try visitor.visitSingularUInt32Field(value: self.pipelinePort, fieldNumber: 10)
-    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -874,7 +867,6 @@ nonisolated extension Cairn_Kv_V1_StatusResponse: SwiftProtobuf.Message, SwiftPr
     if lhs.leaderAddress != rhs.leaderAddress {return false}
     if lhs.stateDigest != rhs.stateDigest {return false}
     if lhs.keys != rhs.keys {return false}
-    if lhs.pipelinePort != rhs.pipelinePort {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
