@@ -247,7 +247,7 @@ let package = Package(
         .testTarget(
             name: "MetaServiceTests",
             dependencies: [
-                "MetaService", "MetaState", "Placement", "CairnCore", "CairnTestSupport",
+                "MetaService", "MetaState", "Placement", "CairnCore", "CairnTestSupport", "RaftRuntime",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],

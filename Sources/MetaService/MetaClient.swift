@@ -13,7 +13,7 @@ import RaftRuntime
 /// the state machine apply each at most once.
 public final class MetaClient: Sendable {
     typealias Stub = Cairn_Meta_V1_Meta.Client<HTTP2ClientTransport.Posix>
-    /// One replica: its stub, and the `ExecuteStream` that namespace operations travel on.
+    /// One replica: its stub, and the pipelined connection that namespace operations travel on.
     struct Endpoint: Sendable {
         let stub: Stub
         let stream: PipelinedClient<Cairn_Meta_V1_ExecuteCall, Cairn_Meta_V1_ExecuteAnswer>
@@ -63,17 +63,17 @@ public final class MetaClient: Sendable {
                 },
                 serviceConfig: ServiceConfig(), eventLoopGroup: eventLoop.group))
         }
-        let endpoints = grpcClients.mapValues { client in
-            let stub = Stub(wrapping: client)
-            var options = CallOptions.defaults
-            options.maxResponseMessageBytes = Self.replyBytesMax
-            let frozenOptions = options
-            return Endpoint(stub: stub, stream: PipelinedClient(inflightMax: inflightMax, callTimeout: callTimeout, executor: eventLoop.executor) { requests, received in
-                try await stub.executeStream(options: frozenOptions,
-                                             requestProducer: { try await PipelinedCalls.send(requests, on: $0) },
-                                             onResponse: { try await PipelinedCalls.receive($0, received) })
-            })
-        }
+        let endpoints = Dictionary(uniqueKeysWithValues: grpcClients.map { server, client in
+            // Each stream asks the replica where its pipeline port is (it may have restarted since).
+            let stream = PipelinedClient<Cairn_Meta_V1_ExecuteCall, Cairn_Meta_V1_ExecuteAnswer>(
+                inflightMax: inflightMax, callTimeout: callTimeout, executor: eventLoop.executor
+            ) { requests, received in
+                try await FramedPipeline.open(service: MetaService.pipelineServiceName, at: server, portsVia: client, group: eventLoop.group,
+                                              frameBytesMax: MetaService.pipelineFrameBytesMax, requests: requests, received: received,
+                                              as: (Cairn_Meta_V1_ExecuteStreamRequest.self, Cairn_Meta_V1_ExecuteStreamResponse.self))
+            }
+            return (server, Endpoint(stub: Stub(wrapping: client), stream: stream))
+        })
         let frozen = grpcClients
         return try await withThrowingTaskGroup(of: Void.self) { group in
             for client in frozen.values { group.addTask(executorPreference: eventLoop.executor) { try await client.runConnections() } }

@@ -41,15 +41,24 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
         return response
     }
 
-    /// Unanswered operations one `ExecuteStream` may have at once.
+    /// Unanswered operations one pipelined connection may have at once.
     public static let streamInflightMax = 1024
+    /// The name a pipelined connection's hello carries.
+    public static let pipelineServiceName = "cairn.meta.v1.Meta"
+    /// The largest pipelined frame: the largest reply (`MetaClient.replyBytesMax`) or a batch
+    /// of about `PipelinedCalls.messageBytesMax`, with room to spare.
+    public static let pipelineFrameBytesMax = MetaClient.replyBytesMax + PipelinedCalls.messageBytesMax
 
-    public func executeStream(request: RPCAsyncSequence<Cairn_Meta_V1_ExecuteStreamRequest, any Error>,
-                              response: RPCWriter<Cairn_Meta_V1_ExecuteStreamResponse>, context: ServerContext) async throws {
-        try await PipelinedCalls.serve(requests: request, responses: response, inflightMax: Self.streamInflightMax,
-                                       until: { [node] in await node.waitUntilStopped() }) { request, respond in
-            let id = request.id
-            execute(request.command) { result in
+    /// Serves this replica's pipelined operations on `host:port` (0: any free port), on its
+    /// event loop: put it in the replica's `ServiceGroup` after the node, and its `portService`
+    /// on the replica's gRPC server.
+    public func pipelineServer(host: String, port: Int, eventLoop: SharedEventLoop) async throws
+        -> FramedPipelineServer<Cairn_Meta_V1_ExecuteStreamRequest, Cairn_Meta_V1_ExecuteStreamResponse> {
+        try await FramedPipelineServer(service: Self.pipelineServiceName, host: host, port: port, group: eventLoop.group,
+                                       inflightMax: Self.streamInflightMax, frameBytesMax: Self.pipelineFrameBytesMax,
+                                       logger: logger) { call, respond in
+            let id = call.id
+            execute(call.command) { result in
                 switch result {
                 case .success(let executed):
                     var answer = Cairn_Meta_V1_ExecuteAnswer()

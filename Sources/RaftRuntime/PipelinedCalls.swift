@@ -63,85 +63,14 @@ extension PipelinedResponseWithError {
     }
 }
 
-/// Many calls on one long-lived bidirectional gRPC stream instead of one HTTP/2 stream per
-/// call: a unary call costs a stream set-up and several thread hops on each side (0.35-0.85 ms
-/// here, FIELD-NOTES), a message on an open stream a few microseconds.
+/// Many calls on one long-lived connection instead of one gRPC call each: a unary call costs
+/// an HTTP/2 stream set-up and several thread hops on each side (0.35-0.85 ms here,
+/// FIELD-NOTES), a message on an open connection a few microseconds. The connection is a
+/// `FramedPipeline` (plain TCP frames, served on the replica's event loop).
 public enum PipelinedCalls {
     /// Calls or answers are gathered into one message up to about this many bytes (a single
     /// larger one travels alone).
     public static let messageBytesMax = 1 << 20
-
-    /// Serves one stream: each request is handed to `handle` as soon as it arrives, with at
-    /// most `inflightMax` unanswered at once (the stream's flow control holds the client back
-    /// beyond that); each answer is written when `handle` gives it, in any order.
-    ///
-    /// Returns when the client ends its side and every call is answered, or once `stopped`
-    /// returns (the server is shutting down: calls still in flight are answered first).
-    ///
-    /// - Parameter handle: called on the reading task; it must not block, and must call its
-    ///   `respond` argument exactly once, from any thread.
-    ///
-    /// Calls may come several to a message; answers go out as many to a message as are ready.
-    public static func serve<Request: PipelinedBatch, Response: PipelinedBatch>(
-        requests: RPCAsyncSequence<Request, any Error>,
-        responses: RPCWriter<Response>,
-        inflightMax: Int,
-        until stopped: @escaping @Sendable () async -> Void,
-        handle: @escaping @Sendable (Request.Item, _ respond: @escaping @Sendable (Response.Item) -> Void) -> Void
-    ) async throws where Response.Item: PipelinedResponse {
-        // Answers wait here to be written, as many at a time as are ready (one message, one
-        // flush). Each holds a permit until written, so the queue never refuses one.
-        let answers = BatchQueue<Response.Item>(elementsMax: inflightMax, batchWeightMax: messageBytesMax, drainsOnClose: true,
-                                                weigh: { $0.wireBytes })
-        let permits = AsyncSemaphore(limit: inflightMax)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            // The writer releases a permit per answer written (or skipped once the client is gone).
-            group.addTask {
-                var writable = true
-                await answers.forEachBatch { batch in
-                    if writable {
-                        var message = Response()
-                        message.items = batch
-                        do {
-                            try await responses.write(message)
-                        } catch {
-                            writable = false
-                        }
-                    }
-                    for _ in batch { permits.release() }
-                }
-            }
-            await withTaskGroup(of: Void.self) { reading in
-                reading.addTask {
-                    do {
-                        for try await request in requests {
-                            for call in request.items {
-                                try await permits.acquire()
-                                handle(call) { _ = answers.push($0) }
-                            }
-                        }
-                    } catch {
-                        // The client went away or the call was cancelled: answer what is in flight.
-                    }
-                }
-                reading.addTask { await stopped() }
-                await reading.next()
-                reading.cancelAll()
-            }
-            // Every handled request holds a permit until its answer is written: taking them all
-            // back means every call was answered. (`handle` answers each within its own bound:
-            // Raft fails a proposal that is not applied within its request timeout.)
-            for _ in 0..<inflightMax {
-                do {
-                    try await permits.acquire()
-                } catch {
-                    break
-                }
-            }
-            answers.close()
-            try await group.waitForAll()
-        }
-    }
 }
 
 /// The client side of a pipelined stream to one server: callers from any task send requests
@@ -281,25 +210,6 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
             for waiting in overdue {
                 waiting.continuation.resume(throwing: RPCError(code: .deadlineExceeded, message: "no answer within \(callTimeout)"))
             }
-        }
-    }
-}
-
-extension PipelinedCalls {
-    /// A client's sending half of a pipelined stream: each batch `calls` gives is one message.
-    public static func send<Request: PipelinedBatch>(_ calls: BatchQueue<Request.Item>, on writer: RPCWriter<Request>) async throws {
-        try await calls.forEachBatch { batch in
-            var message = Request()
-            message.items = batch
-            try await writer.write(message)
-        }
-    }
-
-    /// A client's receiving half of a pipelined stream: every answer of every message to `received`.
-    public static func receive<Response: PipelinedBatch>(_ response: StreamingClientResponse<Response>,
-                                                         _ received: (Response.Item) -> Void) async throws {
-        for try await message in response.messages {
-            for answer in message.items { received(answer) }
         }
     }
 }

@@ -31,6 +31,8 @@ struct MetaReplicaCommand: AsyncParsableCommand {
         var bootstrap = false
         @Option(help: "TCP port for Raft traffic between replicas, on the host of --listen (0: any free port; peers ask for it over gRPC). Fix it where a firewall must let it through.")
         var raftPort: Int = 0
+        @Option(help: "TCP port for clients' pipelined namespace operations, on the host of --listen (0: any free port; clients ask for it over gRPC). Fix it where a firewall must let it through.")
+        var pipelinePort: Int = 0
         @Option(help: "Milliseconds per Raft tick (election timeout is 10 ticks).") var tickMs: Int = 20
         @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Seconds a client session lives without heartbeats is chosen by the client; how often the leader ends expired ones (seconds).")
@@ -68,6 +70,13 @@ struct MetaReplicaCommand: AsyncParsableCommand {
             }
             let service = MetaService(node: node, limits: limits, chunkserverLiveFor: .seconds(chunkserverLiveSeconds), logger: logger)
             let address = HostPort(listen)!
+            let pipeline: FramedPipelineServer<Cairn_Meta_V1_ExecuteStreamRequest, Cairn_Meta_V1_ExecuteStreamResponse>
+            do {
+                pipeline = try await service.pipelineServer(host: address.host, port: pipelinePort, eventLoop: eventLoop)
+            } catch {
+                printError("cairn meta: cannot listen for pipelined operations on \(address.host):\(pipelinePort): \(error)")
+                throw ExitCode.failure
+            }
             let transport = HTTP2ServerTransport.Posix(
                 address: .ipv4(host: address.host, port: address.port), transportSecurity: .plaintext,
                 config: .defaults {
@@ -76,10 +85,11 @@ struct MetaReplicaCommand: AsyncParsableCommand {
                     $0.http2.maxFrameSize = 1 << 20
                     $0.connection.flushCoalescing = nil
                 }, eventLoopGroup: eventLoop.group)
-            let server = GRPCServer(transport: transport, services: [node.peerService, service])
+            let server = GRPCServer(transport: transport, services: [node.peerService, pipeline.portService, service])
             let group = ServiceGroup(configuration: .init(
-                // Shut down in reverse: maintenance, then the node (ending peer streams), then the server.
-                services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: node),
+                // Shut down in reverse: maintenance, then the node (ending peer streams, answering every call), then the servers.
+                services: [.init(service: GRPCServerService(server: server, executor: eventLoop.executor)), .init(service: pipeline),
+                           .init(service: node),
                            .init(service: MetaMaintenance(service: service, sessionExpiryInterval: .seconds(sessionExpiryInterval)))],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
             try await withThrowingTaskGroup(of: Void.self) { tasks in

@@ -5,6 +5,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import MetaService
 import MetaState
+import RaftRuntime
 import Testing
 
 /// Bad input, followers, sessions, chunkserver registration, status and membership changes,
@@ -17,6 +18,29 @@ import Testing
             group.addTask { try await client.runConnections() }
             defer { client.beginGracefulShutdown() }
             return try await body(Cairn_Meta_V1_Meta.Client(wrapping: client))
+        }
+    }
+
+    typealias Pipeline = PipelinedClient<Cairn_Meta_V1_ExecuteCall, Cairn_Meta_V1_ExecuteAnswer>
+
+    /// Pipelined operations to one replica directly (its pipeline port, no leader following).
+    func withPipeline<T: Sendable>(_ server: HostPort, _ body: (Pipeline) async throws -> T) async throws -> T {
+        try await SharedEventLoop.with { eventLoop in
+            let client = GRPCClient(transport: try .http2NIOPosix(target: .ipv4(address: server.host, port: server.port),
+                                                                 transportSecurity: .plaintext, eventLoopGroup: eventLoop.group))
+            return try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await client.runConnections() }
+                let pipeline = Pipeline(inflightMax: 16, callTimeout: .seconds(30), executor: eventLoop.executor) { requests, received in
+                    try await FramedPipeline.open(service: MetaService.pipelineServiceName, at: server, portsVia: client, group: eventLoop.group,
+                                                  frameBytesMax: MetaService.pipelineFrameBytesMax, requests: requests, received: received,
+                                                  as: (Cairn_Meta_V1_ExecuteStreamRequest.self, Cairn_Meta_V1_ExecuteStreamResponse.self))
+                }
+                defer {
+                    pipeline.close()
+                    client.beginGracefulShutdown()
+                }
+                return try await body(pipeline)
+            }
         }
     }
 
@@ -62,41 +86,40 @@ import Testing
                 report.chunk = Data([1, 2])
                 #expect(await rpcCode { _ = try await stub.reportBadReplica(report) } == .invalidArgument)
             }
-            // The same on the pipelined stream: each bad operation gets its own error answer
-            // under its id, and the stream goes on serving the good one after them.
-            try await withStub(leader) { stub in
+            // The same on the pipelined connection: each bad operation gets its own error answer,
+            // and the connection goes on serving the good one sent with them.
+            try await withPipeline(leader) { pipeline in
                 let commands: [[UInt8]] = [[0xFF, 0x00, 0x13, 0x37],
                                            Array(MetaCommand(now: .zero, operation: .mkdir(parent: 1, name: name("x"), mode: 0o755)).encoded().dropLast(2)),
                                            [UInt8](repeating: 0x61, count: 5 << 20),
                                            MetaCommand(now: .zero, operation: .getattr(rootInode)).encoded()]
-                let answers = try await stub.executeStream(requestProducer: { writer in
-                    // The first two in one message, the others one message each.
-                    var message = Cairn_Meta_V1_ExecuteStreamRequest()
+                let answers = await withTaskGroup(of: (Int, Result<Cairn_Meta_V1_ExecuteAnswer, RPCError>).self) { group in
                     for (i, command) in commands.enumerated() {
-                        var call = Cairn_Meta_V1_ExecuteCall()
-                        call.id = UInt64(100 + i)
-                        call.command = Data(command)
-                        message.items.append(call)
-                        if i >= 1 {
-                            try await writer.write(message)
-                            message.items = []
+                        group.addTask {
+                            var call = Cairn_Meta_V1_ExecuteCall()
+                            call.command = Data(command)
+                            do {
+                                return (i, .success(try await pipeline.call(call)))
+                            } catch let error as RPCError {
+                                return (i, .failure(error))
+                            } catch {
+                                return (i, .failure(RPCError(code: .unknown, message: "\(error)")))
+                            }
                         }
                     }
-                }, onResponse: { response in
-                    var answers: [UInt64: Cairn_Meta_V1_ExecuteAnswer] = [:]
-                    for try await message in response.messages {
-                        for answer in message.items { answers[answer.id] = answer }
-                    }
+                    var answers: [Int: Result<Cairn_Meta_V1_ExecuteAnswer, RPCError>] = [:]
+                    for await (i, answer) in group { answers[i] = answer }
                     return answers
-                })
-                #expect(answers.keys.sorted() == [100, 101, 102, 103])
-                for id: UInt64 in [100, 101, 102] {
-                    #expect(answers[id]?.rpcError?.code == .invalidArgument, "answer \(id): \(String(describing: answers[id]))")
                 }
-                let good = try #require(answers[103])
-                #expect(good.rpcError == nil)
-                guard case .attributes = try MetaReply(decoding: Array(good.reply)) else {
-                    Issue.record("getattr of the root on the stream: \(good)")
+                for i in 0..<3 {
+                    guard case .failure(let error) = answers[i] else {
+                        Issue.record("bad command \(i) answered: \(String(describing: answers[i]))")
+                        continue
+                    }
+                    #expect(error.code == .invalidArgument, "answer \(i): \(error)")
+                }
+                guard case .success(let good) = answers[3], case .attributes = try MetaReply(decoding: Array(good.reply)) else {
+                    Issue.record("getattr of the root on the pipelined connection: \(String(describing: answers[3]))")
                     return
                 }
             }
@@ -111,13 +134,15 @@ import Testing
                     #expect(error.code == .unavailable)
                     #expect(error.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)
                 }
-                var streamed = Cairn_Meta_V1_ExecuteStreamRequest()
-                streamed.items = [Cairn_Meta_V1_ExecuteCall.with { $0.id = 7; $0.command = request.command }]
-                let answer = try await stub.executeStream(requestProducer: { [streamed] in try await $0.write(streamed) },
-                                                          onResponse: { try await $0.messages.first(where: { _ in true })?.items.first })
-                #expect(answer?.id == 7)
-                #expect(answer?.rpcError?.code == .unavailable)
-                #expect(answer?.rpcError?.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)
+                try await withPipeline(follower) { pipeline in
+                    do {
+                        _ = try await pipeline.call(Cairn_Meta_V1_ExecuteCall.with { $0.command = request.command })
+                        Issue.record("a follower accepted a pipelined mutation")
+                    } catch let error as RPCError {
+                        #expect(error.code == .unavailable)
+                        #expect(error.metadata[stringValues: "cairn-leader"].first(where: { _ in true }) == leader.description)
+                    }
+                }
             }
             // Namespace errors are errno replies: unknown inodes, impossible names.
             #expect(try await session.perform(.getattr(987_654), as: root) == .failure(.ENOENT))

@@ -42,19 +42,6 @@ public enum Cairn_Meta_V1_Meta: Sendable {
                 type: .unary
             )
         }
-        /// Namespace for "ExecuteStream" metadata.
-        public enum ExecuteStream: Sendable {
-            /// Request type for "ExecuteStream".
-            public typealias Input = Cairn_Meta_V1_ExecuteStreamRequest
-            /// Response type for "ExecuteStream".
-            public typealias Output = Cairn_Meta_V1_ExecuteStreamResponse
-            /// Descriptor for "ExecuteStream".
-            public static let descriptor = GRPCCore.MethodDescriptor(
-                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "cairn.meta.v1.Meta"),
-                method: "ExecuteStream",
-                type: .bidirectionalStreaming
-            )
-        }
         /// Namespace for "Status" metadata.
         public enum Status: Sendable {
             /// Request type for "Status".
@@ -123,7 +110,6 @@ public enum Cairn_Meta_V1_Meta: Sendable {
         /// Descriptors for all methods in the "cairn.meta.v1.Meta" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             Execute.descriptor,
-            ExecuteStream.descriptor,
             Status.descriptor,
             ChangeMembership.descriptor,
             ChunkserverHeartbeat.descriptor,
@@ -174,32 +160,12 @@ extension Cairn_Meta_V1_Meta {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Meta_V1_ExecuteResponse>
 
-        /// Handle the "ExecuteStream" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each message carries every call the client had ready (at least one), each
-        /// > call an id the client chooses; answers come back with the same ids as operations finish
-        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-        /// > has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Cairn_Meta_V1_ExecuteStreamResponse` messages.
-        func executeStream(
-            request: GRPCCore.StreamingServerRequest<Cairn_Meta_V1_ExecuteStreamRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Meta_V1_ExecuteStreamResponse>
-
         /// Handle the "Status" method.
         ///
         /// > Source IDL Documentation:
         /// >
+        /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+        /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
         /// > This replica's view of the group: role, term, commit, applied, members and their lag
         /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
         /// > from the leader's heartbeats).
@@ -318,32 +284,12 @@ extension Cairn_Meta_V1_Meta {
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Cairn_Meta_V1_ExecuteResponse>
 
-        /// Handle the "ExecuteStream" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each message carries every call the client had ready (at least one), each
-        /// > call an id the client chooses; answers come back with the same ids as operations finish
-        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-        /// > has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request of `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        /// - Returns: A streaming response of `Cairn_Meta_V1_ExecuteStreamResponse` messages.
-        func executeStream(
-            request: GRPCCore.StreamingServerRequest<Cairn_Meta_V1_ExecuteStreamRequest>,
-            context: GRPCCore.ServerContext
-        ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Meta_V1_ExecuteStreamResponse>
-
         /// Handle the "Status" method.
         ///
         /// > Source IDL Documentation:
         /// >
+        /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+        /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
         /// > This replica's view of the group: role, term, commit, applied, members and their lag
         /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
         /// > from the leader's heartbeats).
@@ -460,33 +406,12 @@ extension Cairn_Meta_V1_Meta {
             context: GRPCCore.ServerContext
         ) async throws -> Cairn_Meta_V1_ExecuteResponse
 
-        /// Handle the "ExecuteStream" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each message carries every call the client had ready (at least one), each
-        /// > call an id the client chooses; answers come back with the same ids as operations finish
-        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-        /// > has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A stream of `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - response: A response stream of `Cairn_Meta_V1_ExecuteStreamResponse` messages.
-        ///   - context: Context providing information about the RPC.
-        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
-        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
-        ///     to an internal error.
-        func executeStream(
-            request: GRPCCore.RPCAsyncSequence<Cairn_Meta_V1_ExecuteStreamRequest, any Swift.Error>,
-            response: GRPCCore.RPCWriter<Cairn_Meta_V1_ExecuteStreamResponse>,
-            context: GRPCCore.ServerContext
-        ) async throws
-
         /// Handle the "Status" method.
         ///
         /// > Source IDL Documentation:
         /// >
+        /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+        /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
         /// > This replica's view of the group: role, term, commit, applied, members and their lag
         /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
         /// > from the leader's heartbeats).
@@ -589,17 +514,6 @@ extension Cairn_Meta_V1_Meta.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Meta_V1_ExecuteResponse>(),
             handler: { request, context in
                 try await self.execute(
-                    request: request,
-                    context: context
-                )
-            }
-        )
-        router.registerHandler(
-            forMethod: Cairn_Meta_V1_Meta.Method.ExecuteStream.descriptor,
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Meta_V1_ExecuteStreamRequest>(),
-            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Meta_V1_ExecuteStreamResponse>(),
-            handler: { request, context in
-                try await self.executeStream(
                     request: request,
                     context: context
                 )
@@ -749,23 +663,6 @@ extension Cairn_Meta_V1_Meta.SimpleServiceProtocol {
         )
     }
 
-    public func executeStream(
-        request: GRPCCore.StreamingServerRequest<Cairn_Meta_V1_ExecuteStreamRequest>,
-        context: GRPCCore.ServerContext
-    ) async throws -> GRPCCore.StreamingServerResponse<Cairn_Meta_V1_ExecuteStreamResponse> {
-        return GRPCCore.StreamingServerResponse<Cairn_Meta_V1_ExecuteStreamResponse>(
-            metadata: [:],
-            producer: { writer in
-                try await self.executeStream(
-                    request: request.messages,
-                    response: writer,
-                    context: context
-                )
-                return [:]
-            }
-        )
-    }
-
     public func status(
         request: GRPCCore.ServerRequest<Cairn_Meta_V1_StatusRequest>,
         context: GRPCCore.ServerContext
@@ -865,37 +762,12 @@ extension Cairn_Meta_V1_Meta {
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Cairn_Meta_V1_ExecuteResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
 
-        /// Call the "ExecuteStream" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each message carries every call the client had ready (at least one), each
-        /// > call an id the client chooses; answers come back with the same ids as operations finish
-        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-        /// > has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request producing `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - serializer: A serializer for `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - deserializer: A deserializer for `Cairn_Meta_V1_ExecuteStreamResponse` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        func executeStream<Result>(
-            request: GRPCCore.StreamingClientRequest<Cairn_Meta_V1_ExecuteStreamRequest>,
-            serializer: some GRPCCore.MessageSerializer<Cairn_Meta_V1_ExecuteStreamRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Cairn_Meta_V1_ExecuteStreamResponse>,
-            options: GRPCCore.CallOptions,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Meta_V1_ExecuteStreamResponse>) async throws -> Result
-        ) async throws -> Result where Result: Sendable
-
         /// Call the "Status" method.
         ///
         /// > Source IDL Documentation:
         /// >
+        /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+        /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
         /// > This replica's view of the group: role, term, commit, applied, members and their lag
         /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
         /// > from the leader's heartbeats).
@@ -1063,46 +935,12 @@ extension Cairn_Meta_V1_Meta {
             )
         }
 
-        /// Call the "ExecuteStream" method.
-        ///
-        /// > Source IDL Documentation:
-        /// >
-        /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-        /// > the leader). Each message carries every call the client had ready (at least one), each
-        /// > call an id the client chooses; answers come back with the same ids as operations finish
-        /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-        /// > has `error` set instead.
-        ///
-        /// - Parameters:
-        ///   - request: A streaming request producing `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - serializer: A serializer for `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-        ///   - deserializer: A deserializer for `Cairn_Meta_V1_ExecuteStreamResponse` messages.
-        ///   - options: Options to apply to this RPC.
-        ///   - handleResponse: A closure which handles the response and returns its result to
-        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-        ///       already finished.
-        /// - Returns: The result of `handleResponse`.
-        public func executeStream<Result>(
-            request: GRPCCore.StreamingClientRequest<Cairn_Meta_V1_ExecuteStreamRequest>,
-            serializer: some GRPCCore.MessageSerializer<Cairn_Meta_V1_ExecuteStreamRequest>,
-            deserializer: some GRPCCore.MessageDeserializer<Cairn_Meta_V1_ExecuteStreamResponse>,
-            options: GRPCCore.CallOptions = .defaults,
-            onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Meta_V1_ExecuteStreamResponse>) async throws -> Result
-        ) async throws -> Result where Result: Sendable {
-            try await self.client.bidirectionalStreaming(
-                request: request,
-                descriptor: Cairn_Meta_V1_Meta.Method.ExecuteStream.descriptor,
-                serializer: serializer,
-                deserializer: deserializer,
-                options: options,
-                onResponse: handleResponse
-            )
-        }
-
         /// Call the "Status" method.
         ///
         /// > Source IDL Documentation:
         /// >
+        /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+        /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
         /// > This replica's view of the group: role, term, commit, applied, members and their lag
         /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
         /// > from the leader's heartbeats).
@@ -1308,41 +1146,12 @@ extension Cairn_Meta_V1_Meta.ClientProtocol {
         )
     }
 
-    /// Call the "ExecuteStream" method.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-    /// > the leader). Each message carries every call the client had ready (at least one), each
-    /// > call an id the client chooses; answers come back with the same ids as operations finish
-    /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-    /// > has `error` set instead.
-    ///
-    /// - Parameters:
-    ///   - request: A streaming request producing `Cairn_Meta_V1_ExecuteStreamRequest` messages.
-    ///   - options: Options to apply to this RPC.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func executeStream<Result>(
-        request: GRPCCore.StreamingClientRequest<Cairn_Meta_V1_ExecuteStreamRequest>,
-        options: GRPCCore.CallOptions = .defaults,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Meta_V1_ExecuteStreamResponse>) async throws -> Result
-    ) async throws -> Result where Result: Sendable {
-        try await self.executeStream(
-            request: request,
-            serializer: GRPCProtobuf.ProtobufSerializer<Cairn_Meta_V1_ExecuteStreamRequest>(),
-            deserializer: GRPCProtobuf.ProtobufDeserializer<Cairn_Meta_V1_ExecuteStreamResponse>(),
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
     /// Call the "Status" method.
     ///
     /// > Source IDL Documentation:
     /// >
+    /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+    /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
     /// > This replica's view of the group: role, term, commit, applied, members and their lag
     /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
     /// > from the leader's heartbeats).
@@ -1526,46 +1335,12 @@ extension Cairn_Meta_V1_Meta.ClientProtocol {
         )
     }
 
-    /// Call the "ExecuteStream" method.
-    ///
-    /// > Source IDL Documentation:
-    /// >
-    /// > Execute, pipelined: many operations on one long-lived stream (a client keeps one open to
-    /// > the leader). Each message carries every call the client had ready (at least one), each
-    /// > call an id the client chooses; answers come back with the same ids as operations finish
-    /// > (in any order), as many per message as were ready. A call the unary Execute would fail
-    /// > has `error` set instead.
-    ///
-    /// - Parameters:
-    ///   - metadata: Additional metadata to send, defaults to empty.
-    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
-    ///   - producer: A closure producing request messages to send to the server. Returning
-    ///       from the closure closes the request stream.
-    ///   - handleResponse: A closure which handles the response and returns its result to
-    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
-    ///       already finished.
-    /// - Returns: The result of `handleResponse`.
-    public func executeStream<Result>(
-        metadata: GRPCCore.Metadata = [:],
-        options: GRPCCore.CallOptions = .defaults,
-        requestProducer producer: @Sendable @escaping (GRPCCore.RPCWriter<Cairn_Meta_V1_ExecuteStreamRequest>) async throws -> Void,
-        onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Cairn_Meta_V1_ExecuteStreamResponse>) async throws -> Result
-    ) async throws -> Result where Result: Sendable {
-        let request = GRPCCore.StreamingClientRequest<Cairn_Meta_V1_ExecuteStreamRequest>(
-            metadata: metadata,
-            producer: producer
-        )
-        return try await self.executeStream(
-            request: request,
-            options: options,
-            onResponse: handleResponse
-        )
-    }
-
     /// Call the "Status" method.
     ///
     /// > Source IDL Documentation:
     /// >
+    /// > (Execute pipelined — many operations on one long-lived connection, which a client keeps
+    /// > open to the leader — is not a gRPC call: see ExecuteStreamRequest.)
     /// > This replica's view of the group: role, term, commit, applied, members and their lag
     /// > (lag only from the leader), plus the chunkservers (registry from the state, liveness
     /// > from the leader's heartbeats).

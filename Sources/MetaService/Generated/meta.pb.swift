@@ -85,6 +85,12 @@ public nonisolated struct Cairn_Meta_V1_ExecuteResponse: Sendable {
   public init() {}
 }
 
+/// Execute, pipelined, on a replica's pipeline port (frames of `FramedPipeline`, RaftRuntime;
+/// the port from the replica's `PipelinePorts` service, Protos/raft.proto; service name
+/// "cairn.meta.v1.Meta"). Each request carries every call the client had ready (at least one),
+/// each call an id the client chooses; answers come back with the same ids as operations finish
+/// (in any order), as many per response as were ready. A call the unary Execute would fail has
+/// `error` set instead.
 public nonisolated struct Cairn_Meta_V1_ExecuteStreamRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
