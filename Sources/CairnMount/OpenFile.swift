@@ -92,7 +92,9 @@ actor OpenFile {
             try buffer!.write(offset: offset, bytes: bytes)
             for index in buffer!.sealableChunkIndexes { startUpload(buffer!.seal(index, base: nil)) }
             if uploads.count + pending.count >= fileSystem.options.pendingExtentsMax {
-                try await drainUploads()
+                // Commit the older half and keep the younger uploading: waiting for all of them
+                // left the chunkservers idle while the last few finished and the commit ran.
+                try await drainUploads(keepingNewest: fileSystem.options.pendingExtentsMax / 2)
                 try await commit(handle: handle)
             }
         }
@@ -141,12 +143,13 @@ actor OpenFile {
         })
     }
 
-    /// Waits for every upload; the first failure is thrown after all have finished (EIO to the
-    /// application: the data did not reach enough chunkservers).
-    private func drainUploads() async throws {
+    /// Waits for every upload but the `keepingNewest` started last, oldest first (so their
+    /// extents commit in the order they were written); the first failure is thrown after all of
+    /// those have finished (EIO to the application: the data did not reach enough chunkservers).
+    private func drainUploads(keepingNewest: Int = 0) async throws {
         var failure: (any Error)?
-        let running = uploads
-        uploads = []
+        let running = uploads.dropLast(keepingNewest)
+        uploads.removeFirst(running.count)
         for task in running {
             do {
                 pending.append(try await task.value)
