@@ -25,6 +25,9 @@ public enum FramedPipeline {
     public static let magic: UInt32 = 0x4350_4950  // "CPIP"
     public static let version: UInt8 = 1
     static let serviceBytesMax = 255
+    /// Answers a server holds unsent for a client that does not read them, before it stops
+    /// reading that client's calls (answers in flight add at most `inflightMax` more).
+    static let unsentBytesMax = 8 << 20
 
     /// Runs one client stream (the `open` of a `PipelinedClient`): connects, sends the hello,
     /// writes each batch `requests` gives as one frame and hands every answer to `received`.
@@ -160,6 +163,7 @@ public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: FramedPipeline.unsentBytesMax / 2, high: FramedPipeline.unsentBytesMax))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let key = ObjectIdentifier(channel)
@@ -227,6 +231,14 @@ final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Respo
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// A client that does not read its answers is not read either: its unsent answers stay
+    /// under `FramedPipeline.unsentBytesMax` plus what is in flight.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        context.channel.setOption(.autoRead, value: writable).whenComplete { _ in }
+        context.fireChannelWritabilityChanged()
+    }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

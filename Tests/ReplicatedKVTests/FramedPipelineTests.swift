@@ -8,6 +8,10 @@ import ReplicatedKV
 import Synchronization
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// `FramedPipelineServer` and `FramedPipeline.open` on loopback, with a scripted handler in
 /// place of a Raft node: answers reach their own callers whatever the order and thread they
 /// come from, and bad input closes that one connection while the server serves the others.
@@ -26,12 +30,16 @@ import Testing
     /// values as errors); a get is answered at once on the loop with its key reversed.
     final class Holder: Sendable {
         let held = Mutex<[(Cairn_Kv_V1_PipelineCall, @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void)]>([])
+        /// Gets handled so far.
+        let gets = Atomic<Int>(0)
 
         func handle(_ call: Cairn_Kv_V1_PipelineCall, _ respond: @escaping @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void) {
             if case .get(let get) = call.call {
+                gets.add(1, ordering: .relaxed)
                 var answer = Cairn_Kv_V1_PipelineAnswer()
                 answer.id = call.id
-                answer.get.value = Data(get.key.reversed())
+                // "big": a 4 KiB answer; otherwise the key reversed.
+                answer.get.value = get.key == Data("big".utf8) ? Data(count: 4 << 10) : Data(get.key.reversed())
                 return respond(answer)
             }
             let ready = held.withLock { h -> [(Cairn_Kv_V1_PipelineCall, @Sendable (Cairn_Kv_V1_PipelineAnswer) -> Void)] in
@@ -57,9 +65,8 @@ import Testing
         }
     }
 
-    func withServer<T: Sendable>(inflightMax: Int = 64, _ body: (Server, SharedEventLoop) async throws -> T) async throws -> T {
-        let holder = Holder()
-        return try await SharedEventLoop.with { eventLoop in
+    func withServer<T: Sendable>(inflightMax: Int = 64, holder: Holder = Holder(), _ body: (Server, SharedEventLoop) async throws -> T) async throws -> T {
+        try await SharedEventLoop.with { eventLoop in
             let server = try await Server(service: Self.service, host: "127.0.0.1", port: 0, group: eventLoop.group, inflightMax: inflightMax,
                                           frameBytesMax: 1 << 16, logger: Self.quietLogger) { holder.handle($0, $1) }
             return try await withThrowingTaskGroup(of: Void.self) { group in
@@ -148,4 +155,58 @@ import Testing
             #expect(try await client.call(get).get.value == Data("yx".utf8))
         }
     }
+
+    @Test func aClientThatDoesNotReadItsAnswersIsNotReadEither() async throws {
+        let holder = Holder()
+        try await withServer(holder: holder) { server, eventLoop in
+            // 40,000 gets of 4 KiB answers (160 MiB if all were answered) from a client that never reads.
+            let name = Array(Self.service.utf8)
+            var bytes: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
+            for batch in 0..<1000 {
+                var request = Cairn_Kv_V1_PipelineRequest()
+                for i in 0..<40 {
+                    var call = Cairn_Kv_V1_PipelineCall()
+                    call.id = UInt64(batch * 40 + i + 1)
+                    call.get.key = Data("big".utf8)
+                    request.items.append(call)
+                }
+                let frame: [UInt8] = try request.serializedBytes()
+                bytes += withUnsafeBytes(of: UInt32(frame.count).bigEndian) { Array($0) } + frame
+            }
+            let (fd, sent) = try sendWithoutReading(bytes, to: server.port, for: .seconds(3))
+            defer { close(fd) }
+            // Let the server work through what it read: until its count stops growing.
+            var handled = holder.gets.load(ordering: .relaxed)
+            for _ in 0..<40 {
+                try await Task.sleep(for: .milliseconds(250))
+                let now = holder.gets.load(ordering: .relaxed)
+                if now == handled { break }
+                handled = now
+            }
+            // The server stops reading once its unsent answers pass its bound (8 MiB, about 2,000
+            // answers, plus what the sockets' buffers hold): the rest of the calls stay unread.
+            #expect(handled < 10_000, "\(handled) gets answered to a client that reads nothing (it sent \(sent) of \(bytes.count) bytes)")
+            // Others are still served.
+            let client = client(port: server.port, eventLoop: eventLoop)
+            defer { client.close() }
+            var get = Cairn_Kv_V1_PipelineCall()
+            get.get.key = Data("ok".utf8)
+            #expect(try await client.call(get).get.value == Data("ko".utf8))
+        }
+    }
+}
+
+/// Connects to 127.0.0.1:`port` and sends as much of `bytes` as the other side takes within
+/// `duration`, never reading; returns the connection (the caller closes it) and how many bytes it took.
+func sendWithoutReading(_ bytes: [UInt8], to port: Int, for duration: Duration) throws -> (Int32, Int) {
+    let fd = try connectLoopback(port)
+    var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    let deadline = ContinuousClock.now + duration
+    var sent = 0
+    while sent < bytes.count && ContinuousClock.now < deadline {
+        let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, min($0.count, 1 << 16), Int32(MSG_NOSIGNAL)) }
+        if n > 0 { sent += n } else if n < 0 && errno != EAGAIN && errno != EWOULDBLOCK { break }
+    }
+    return (fd, sent)
 }

@@ -297,17 +297,8 @@ extension ReplicatedKVProcessTests {
 /// Connects to 127.0.0.1:`port`, sends `bytes`, and reports whether the other side closes
 /// the connection within two seconds.
 func closedAfterSending(_ bytes: [UInt8], to port: Int) throws -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw CairnError(.io, "socket failed") }
+    let fd = try connectLoopback(port)
     defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = in_port_t(UInt16(port).bigEndian)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard connected == 0 else { throw CairnError(.io, "connect to \(port) failed") }
     var timeout = timeval(tv_sec: 2, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -317,4 +308,22 @@ func closedAfterSending(_ bytes: [UInt8], to port: Int) throws -> Bool {
         if n == 0 || (n < 0 && errno == ECONNRESET) { return true }
         if n < 0 { return false }  // timed out: still open
     }
+}
+
+/// A blocking TCP socket connected to 127.0.0.1:`port` (the caller closes it).
+func connectLoopback(_ port: Int) throws -> Int32 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw CairnError(.io, "socket failed") }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else {
+        close(fd)
+        throw CairnError(.io, "connect to \(port) failed")
+    }
+    return fd
 }
