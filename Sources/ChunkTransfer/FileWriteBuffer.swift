@@ -93,7 +93,7 @@ public struct FileWriteBuffer: Sendable {
         var consumed = 0
         for piece in pieces {
             let n = piece.range.count
-            chunks[piece.index, default: DirtyChunk()].write(at: piece.range.lowerBound, data[consumed..<consumed + n])
+            chunks[piece.index, default: DirtyChunk()].write(at: piece.range.lowerBound, data[consumed..<consumed + n], room: chunkBytes)
             consumed += n
         }
         precondition(consumed == count)
@@ -137,6 +137,12 @@ public struct FileWriteBuffer: Sendable {
         let limit = contentLimit(index)
         let length = min(max(base?.count ?? 0, chunk.segments.last!.end), limit)
         precondition(length > 0 && chunk.segments.last!.end <= limit, "dirty bytes lie within the file")
+        // A chunk written whole from its start (sequential writes) is its one segment: no copy.
+        if chunk.segments.count == 1, chunk.segments[0].start == 0, chunk.segments[0].bytes.count == length {
+            dirtyBytes -= length
+            checkInvariants()
+            return SealedChunk(index: index, fileOffset: chunkStart(index), bytes: chunk.segments[0].bytes)
+        }
         var content = [UInt8](repeating: 0, count: length)
         if let base {
             let kept = min(base.count, length)
@@ -232,12 +238,18 @@ struct DirtyChunk: Sendable {
         return segments.contains { $0.start <= start && $0.end >= end }
     }
 
-    mutating func write(at start: Int, _ data: ArraySlice<UInt8>) {
+    /// Records `data` at `start`. A segment's buffer is reserved ahead for up to four times the
+    /// write (within `room`, the chunk's size): sequential writes then fill it without copying
+    /// what they wrote before, and small scattered writes do not reserve whole chunks.
+    mutating func write(at start: Int, _ data: ArraySlice<UInt8>, room: Int) {
         let end = start + data.count
         // Segments that overlap or touch [start, end) merge with it.
         guard let first = segments.firstIndex(where: { $0.end >= start }), segments[first].start <= end else {
             let at = segments.firstIndex { $0.start > end } ?? segments.endIndex
-            segments.insert(Segment(start: start, bytes: Array(data)), at: at)
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(min(room - start, 4 * data.count))
+            bytes.append(contentsOf: data)
+            segments.insert(Segment(start: start, bytes: bytes), at: at)
             return
         }
         var last = first
@@ -246,6 +258,10 @@ struct DirtyChunk: Sendable {
         var merged: [UInt8] = []
         swap(&merged, &segments[first].bytes)
         var mergedStart = segments[first].start
+        let mergedEnd = max(end, segments[last].end)
+        if merged.capacity < mergedEnd - min(start, mergedStart) {
+            merged.reserveCapacity(min(room - min(start, mergedStart), max(mergedEnd - min(start, mergedStart), merged.count + 4 * data.count)))
+        }
         if start < mergedStart {
             merged.insert(contentsOf: repeatElement(0, count: mergedStart - start), at: 0)
             mergedStart = start
