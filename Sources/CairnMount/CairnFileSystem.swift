@@ -315,19 +315,19 @@ public final class CairnFileSystem: FuseFileSystem {
 
     public func flush(node: UInt64, handle: UInt64, lockOwner: UInt64, context: FuseRequestContext) async throws {
         guard let file = existingFile(node) else { return }
-        try await file.flush(handle: handle)
+        try await file.flush(handle: handle, reportsLostUploads: true)
     }
 
     public func fsync(node: UInt64, handle: UInt64, dataOnly: Bool, context: FuseRequestContext) async throws {
         guard let file = existingFile(node) else { return }
-        try await file.flush(handle: handle)
+        try await file.flush(handle: handle, reportsLostUploads: true)
     }
 
     public func release(node: UInt64, handle: UInt64, flags: Int32, context: FuseRequestContext) async throws {
         let file = existingFile(node)
         var flushError: (any Error)?
         if let file {
-            do { try await file.flush(handle: handle) } catch { flushError = error }
+            do { try await file.flush(handle: handle, reportsLostUploads: true) } catch { flushError = error }
             await file.released(handle: handle)
         }
         handles.withLock { _ = $0.removeValue(forKey: handle) }

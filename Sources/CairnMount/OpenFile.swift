@@ -36,6 +36,10 @@ actor OpenFile {
     private var uploads: [Task<Extent, any Error>] = []
     /// Uploaded extents not yet committed, in the order they were sealed (later ones win).
     private var pending: [Extent] = []
+    /// An upload failed (its bytes are lost) and no flush has reported it yet: the write that
+    /// noticed it got EIO, but the lost bytes may be earlier writes' (acknowledged when
+    /// buffered), so the next fsync or close fails too — once, as a local file system's does.
+    private var unreportedUploadFailure = false
     private var manifest: FileManifest?
     /// Meta handles open for writing (a commit needs one).
     private var writableHandles: Set<HandleID> = []
@@ -102,8 +106,10 @@ actor OpenFile {
 
     /// Makes everything written so far durable on the chunkservers and committed to the
     /// metadata service (fsync, flush on close, release).
-    func flush(handle: HandleID?) async throws {
-        try await withGate { try await flushLocked(handle: handle) }
+    /// - Parameter reportsLostUploads: an fsync, flush or release: it also fails, once, when an
+    ///   upload was lost under an earlier write.
+    func flush(handle: HandleID?, reportsLostUploads: Bool = false) async throws {
+        try await withGate { try await flushLocked(handle: handle, reportsLostUploads: reportsLostUploads) }
     }
 
     /// Applies a setattr that changes the size (truncate, or ftruncate through `handle`) after
@@ -119,7 +125,22 @@ actor OpenFile {
         }
     }
 
-    private func flushLocked(handle: HandleID?) async throws {
+    /// Uploads and commits what is buffered. `reportsLostUploads`: this is an fsync, flush or
+    /// release, which also fails (once) for an upload lost under an earlier write.
+    private func flushLocked(handle: HandleID?, reportsLostUploads: Bool = false) async throws {
+        do {
+            try await flushDirty(handle: handle)
+        } catch {
+            if reportsLostUploads { unreportedUploadFailure = false }
+            throw error
+        }
+        if reportsLostUploads && unreportedUploadFailure {
+            unreportedUploadFailure = false
+            throw Errno(rawValue: EIO)
+        }
+    }
+
+    private func flushDirty(handle: HandleID?) async throws {
         guard isDirty else { return }
         let writer = handle.flatMap { writableHandles.contains($0) ? $0 : nil } ?? writableHandles.min()
         guard let writer else { throw Errno(rawValue: EBADF) }
@@ -159,6 +180,7 @@ actor OpenFile {
         }
         if let failure {
             fileSystem.logger.error("upload failed", metadata: ["inode": "\(inode)", "error": "\(failure)"])
+            unreportedUploadFailure = true
             throw Errno(rawValue: EIO)
         }
     }

@@ -238,9 +238,10 @@ struct DirtyChunk: Sendable {
         return segments.contains { $0.start <= start && $0.end >= end }
     }
 
-    /// Records `data` at `start`. A segment's buffer is reserved ahead for up to four times the
-    /// write (within `room`, the chunk's size): sequential writes then fill it without copying
-    /// what they wrote before, and small scattered writes do not reserve whole chunks.
+    /// Records `data` at `start`. A new segment's buffer is reserved for up to four times the
+    /// write, and a growing one at least doubles (within `room`, the chunk's size): sequential
+    /// 1 MiB writes fill a chunk without copying what they wrote before, small ones copy it
+    /// O(log n) times, and small scattered writes do not reserve whole chunks.
     mutating func write(at start: Int, _ data: ArraySlice<UInt8>, room: Int) {
         let end = start + data.count
         // Segments that overlap or touch [start, end) merge with it.
@@ -258,9 +259,11 @@ struct DirtyChunk: Sendable {
         var merged: [UInt8] = []
         swap(&merged, &segments[first].bytes)
         var mergedStart = segments[first].start
-        let mergedEnd = max(end, segments[last].end)
-        if merged.capacity < mergedEnd - min(start, mergedStart) {
-            merged.reserveCapacity(min(room - min(start, mergedStart), max(mergedEnd - min(start, mergedStart), merged.count + 4 * data.count)))
+        // Grow geometrically (reserveCapacity gives exactly what is asked): small sequential
+        // writes must not copy the segment each time.
+        let needed = max(end, segments[last].end) - min(start, mergedStart)
+        if merged.capacity < needed {
+            merged.reserveCapacity(min(room - min(start, mergedStart), max(needed, 2 * merged.capacity, 4 * data.count)))
         }
         if start < mergedStart {
             merged.insert(contentsOf: repeatElement(0, count: mergedStart - start), at: 0)

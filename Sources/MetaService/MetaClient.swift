@@ -66,7 +66,7 @@ public final class MetaClient: Sendable {
         let endpoints = Dictionary(uniqueKeysWithValues: grpcClients.map { server, client in
             // Each stream asks the replica where its pipeline port is (it may have restarted since).
             let stream = PipelinedClient<Cairn_Meta_V1_ExecuteCall, Cairn_Meta_V1_ExecuteAnswer>(
-                inflightMax: inflightMax, callTimeout: callTimeout, executor: eventLoop.executor
+                inflightMax: inflightMax, callTimeout: callTimeout, callBytesMax: MetaService.pipelineCallBytesMax, executor: eventLoop.executor
             ) { requests, received in
                 try await FramedPipeline.open(service: MetaService.pipelineServiceName, at: server, portsVia: client, group: eventLoop.group,
                                               frameBytesMax: MetaService.pipelineFrameBytesMax, requests: requests, received: received,

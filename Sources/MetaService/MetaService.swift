@@ -48,6 +48,9 @@ public struct MetaService: Cairn_Meta_V1_Meta.SimpleServiceProtocol {
     /// The largest pipelined frame: the largest reply (`MetaClient.replyBytesMax`) or a batch
     /// of about `PipelinedCalls.messageBytesMax`, with room to spare.
     public static let pipelineFrameBytesMax = MetaClient.replyBytesMax + PipelinedCalls.messageBytesMax
+    /// The largest call a client sends: one that fits a frame (the service refuses commands past
+    /// `MetaLimits.commandBytesMax` itself, with invalid argument, as the unary Execute does).
+    public static let pipelineCallBytesMax = pipelineFrameBytesMax - (64 << 10)
 
     /// Serves this replica's pipelined operations on `host:port` (0: any free port), on its
     /// event loop: put it in the replica's `ServiceGroup` after the node, and its `portService`
@@ -310,7 +313,7 @@ extension Cairn_Meta_V1_ExecuteCall: PipelinedMessage {
 }
 
 extension Cairn_Meta_V1_ExecuteAnswer: PipelinedResponseWithError {
-    public var wireBytes: Int { reply.count + error.message.utf8.count + 32 }
+    public var wireBytes: Int { reply.count + directories.reduce(0) { $0 + $1.count + 8 } + error.message.utf8.count + 32 }
 }
 
 extension Cairn_Meta_V1_CallError: PipelinedCallError {}

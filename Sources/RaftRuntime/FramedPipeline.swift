@@ -7,6 +7,10 @@ import ServiceLifecycle
 import SwiftProtobuf
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Pipelined calls (`PipelinedCalls`' messages: batches of calls with ids, batches of answers)
 /// on a plain TCP connection in length-prefixed frames, served on the event loop itself.
 ///
@@ -28,6 +32,11 @@ public enum FramedPipeline {
     /// Answers a server holds unsent for a client that does not read them, before it stops
     /// reading that client's calls (answers in flight add at most `inflightMax` more).
     static let unsentBytesMax = 8 << 20
+    /// Connections one server accepts at once, by default (more are closed on arrival).
+    public static let connectionsMax = 1024
+    /// By default a server closes a connection that sent nothing for this long with no call in
+    /// flight (its client reconnects on its next call): a half-sent frame holds a buffer no longer.
+    public static let idleTimeout: TimeAmount = .seconds(60)
 
     /// Runs one client stream (the `open` of a `PipelinedClient`): connects, sends the hello,
     /// writes each batch `requests` gives as one frame and hands every answer to `received`.
@@ -38,16 +47,27 @@ public enum FramedPipeline {
         requests: BatchQueue<Request.Item>, received: @escaping @Sendable (Response.Item) -> Void,
         as _: (Request.Type, Response.Type) = (Request.self, Response.self)
     ) async throws {
-        let channel = try await ClientBootstrap(group: group)
-            .connectTimeout(.seconds(2))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: frameBytesMax, service: nil)))
-                    try channel.pipeline.syncOperations.addHandler(ClientHandler<Response>(received: received))
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(2))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                // A peer that vanishes (host down, partition) is noticed in about 20 s even while idle.
+                .channelOption(.socketOption(.so_keepalive), value: 1)
+                .channelOption(ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: TCP_KEEPIDLE), value: 10)
+                .channelOption(ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: TCP_KEEPINTVL), value: 5)
+                .channelOption(ChannelOptions.Types.SocketOption(level: IPPROTO_TCP, name: TCP_KEEPCNT), value: 2)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: frameBytesMax, service: nil)))
+                        try channel.pipeline.syncOperations.addHandler(ClientHandler<Response>(received: received))
+                    }
                 }
-            }
-            .connect(host: address.host, port: address.port).get()
+                .connect(host: address.host, port: address.port).get()
+        } catch {
+            // As a gRPC call to a dead server fails: the caller's leader following moves on.
+            throw RPCError(code: .unavailable, message: "cannot connect to \(address) for pipelined calls: \(error)")
+        }
         let name = Array(service.utf8)
         precondition(name.count <= serviceBytesMax)
         var hello = channel.allocator.buffer(capacity: 6 + name.count)
@@ -65,7 +85,8 @@ public enum FramedPipeline {
                     do {
                         channel.writeAndFlush(try Self.frame(message, bytesMax: frameBytesMax, allocator: channel.allocator), promise: nil)
                     } catch {
-                        failure.mutex.withLock { $0 = $0 ?? error }
+                        // `PipelinedClient.callBytesMax` keeps every call within a frame: this is a bug.
+                        failure.mutex.withLock { $0 = $0 ?? RPCError(code: .internalError, message: "cannot send pipelined calls: \(error)") }
                         channel.close(promise: nil)
                     }
                 }
@@ -139,7 +160,8 @@ public enum FramedPipeline {
 /// A `Service`: it runs until graceful shutdown, then closes its listener and connections
 /// (put it after the Raft node in a `ServiceGroup`, so the node has answered or failed every
 /// call first).
-public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.Message, Response: PipelinedBatch & SwiftProtobuf.Message>: Service, Sendable {
+public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.Message, Response: PipelinedBatch & SwiftProtobuf.Message>: Service, Sendable
+where Response.Item: PipelinedResponse {
     public typealias Handle = @Sendable (Request.Item, _ respond: @escaping @Sendable (Response.Item) -> Void) -> Void
 
     private let listener: any Channel
@@ -153,9 +175,13 @@ public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.
     ///
     /// - Parameter handle: called on the connection's event loop for each call; it must not
     ///   block, and must call `respond` exactly once, from any thread.
+    /// - Parameter connectionsMax: connections served at once; more are closed on arrival.
+    /// - Parameter idleTimeout: a connection that sends nothing this long, with no call in
+    ///   flight, is closed.
     public init(service: String, host: String, port: Int, group: any EventLoopGroup, inflightMax: Int, frameBytesMax: Int,
+                connectionsMax: Int = FramedPipeline.connectionsMax, idleTimeout: TimeAmount = FramedPipeline.idleTimeout,
                 logger: Logger, handle: @escaping Handle) async throws {
-        precondition(inflightMax > 0 && frameBytesMax > 0 && service.utf8.count <= FramedPipeline.serviceBytesMax)
+        precondition(inflightMax > 0 && frameBytesMax > 0 && connectionsMax > 0 && service.utf8.count <= FramedPipeline.serviceBytesMax)
         self.service = service
         let connections = SharedMutex<[ObjectIdentifier: any Channel]>([:])
         self.connections = connections
@@ -167,8 +193,19 @@ public final class FramedPipelineServer<Request: PipelinedBatch & SwiftProtobuf.
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let key = ObjectIdentifier(channel)
-                    connections.mutex.withLock { $0[key] = channel }
+                    let admitted = connections.mutex.withLock { open -> Bool in
+                        guard open.count < connectionsMax else { return false }
+                        open[key] = channel
+                        return true
+                    }
+                    guard admitted else {
+                        logger.warning("refusing a pipelined connection: \(connectionsMax) are open",
+                                       metadata: ["peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")"])
+                        channel.close(promise: nil)
+                        return
+                    }
                     channel.closeFuture.whenComplete { _ in _ = connections.mutex.withLock { $0.removeValue(forKey: key) } }
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(FrameDecoder(frameBytesMax: frameBytesMax, service: service)))
                     try channel.pipeline.syncOperations.addHandler(
                         ServerHandler<Request, Response>(inflightMax: inflightMax, frameBytesMax: frameBytesMax, logger: logger, handle: handle))
@@ -211,7 +248,8 @@ public struct PipelinePortService: Cairn_Raft_V1_PipelinePorts.SimpleServiceProt
 /// One server connection: decodes each frame into calls, hands them to `handle`, and writes
 /// the answers: at once when no other call is in flight, else gathered until the loop's
 /// current work is done (one frame, one flush for all the answers of one Raft apply).
-final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Response: PipelinedBatch & SwiftProtobuf.Message>: ChannelInboundHandler {
+final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Response: PipelinedBatch & SwiftProtobuf.Message>: ChannelInboundHandler
+where Response.Item: PipelinedResponse {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     private let inflightMax: Int
@@ -222,6 +260,11 @@ final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Respo
     private var inflight = 0
     private var pending: [Response.Item] = []
     private var flushScheduled = false
+    /// Whether the connection's answers are being taken (below the write buffer's high mark).
+    private var writable = true
+    /// Whether the connection is being read (`autoRead`): while it is writable and fewer than
+    /// `inflightMax` calls are in flight.
+    private var reading = true
 
     init(inflightMax: Int, frameBytesMax: Int, logger: Logger, handle: @escaping FramedPipelineServer<Request, Response>.Handle) {
         self.inflightMax = inflightMax
@@ -235,9 +278,27 @@ final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Respo
     /// A client that does not read its answers is not read either: its unsent answers stay
     /// under `FramedPipeline.unsentBytesMax` plus what is in flight.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        let writable = context.channel.isWritable
-        context.channel.setOption(.autoRead, value: writable).whenComplete { _ in }
+        writable = context.channel.isWritable
+        updateReading()
         context.fireChannelWritabilityChanged()
+    }
+
+    /// Reads the connection while it is writable and below `inflightMax` calls in flight (the
+    /// back-pressure gRPC's flow control gave): calls a client sends past that wait in its socket.
+    private func updateReading() {
+        let wanted = writable && inflight < inflightMax
+        guard wanted != reading, let context else { return }
+        reading = wanted
+        context.channel.setOption(.autoRead, value: wanted).whenComplete { _ in }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            // Nothing read for `FramedPipeline.idleTimeout`: close, unless calls are still being answered.
+            if inflight == 0 { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
@@ -252,10 +313,13 @@ final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Respo
         let loop = context.eventLoop
         let bound = NIOLoopBound(self, eventLoop: loop)
         for call in request.items {
-            inflight += 1
-            guard inflight <= inflightMax else {
-                return fail(context, CairnError(.protocolViolation, "more than \(inflightMax) pipelined calls unanswered"))
+            // Calls already read past the bound (a frame holds many) are refused, not dropped.
+            guard inflight < inflightMax else {
+                queue(Response.Item(id: call.id, error: RPCError(code: .resourceExhausted,
+                                                                 message: "more than \(inflightMax) pipelined calls in flight")))
+                continue
             }
+            inflight += 1
             handle(call) { answer in
                 if loop.inEventLoop {
                     bound.value.answered(answer)
@@ -264,10 +328,18 @@ final class ServerHandler<Request: PipelinedBatch & SwiftProtobuf.Message, Respo
                 }
             }
         }
+        updateReading()
     }
 
     private func answered(_ answer: Response.Item) {
         inflight -= 1
+        queue(answer)
+        updateReading()
+    }
+
+    /// Queues an answer: written at once when no other call is in flight, else with the others
+    /// that finish in the loop's current work.
+    private func queue(_ answer: Response.Item) {
         pending.append(answer)
         if inflight == 0 {
             writePending()
@@ -324,6 +396,7 @@ final class ClientHandler<Response: PipelinedBatch & SwiftProtobuf.Message>: Cha
             let response = try Response(serializedBytes: Array(frame.readableBytesView))
             for answer in response.items { received(answer) }
         } catch {
+            // The calls waiting on this connection fail, and the next call opens another.
             context.close(promise: nil)
         }
     }

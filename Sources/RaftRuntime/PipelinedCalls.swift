@@ -101,14 +101,18 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
     private let state = Mutex(State())
     private let permits: AsyncSemaphore
     public let callTimeout: Duration
+    public let callBytesMax: Int
     /// Where the stream's sending and receiving tasks run (nil: the global pool).
     private let executor: (any TaskExecutor)?
 
     /// - Parameter inflightMax: calls waiting for an answer at once (more wait for a slot).
     /// - Parameter executor: where the stream's tasks run: the event loop of its connection
     ///   (`SharedEventLoop`) saves a thread hand-off per message each way.
-    public init(inflightMax: Int, callTimeout: Duration, executor: (any TaskExecutor)? = nil, open: @escaping Open) {
-        precondition(callTimeout > .zero)
+    /// - Parameter callBytesMax: the largest call (`wireBytes`) sent; a larger one fails at once
+    ///   with `resourceExhausted` (it could not be framed, and would fail the calls beside it).
+    public init(inflightMax: Int, callTimeout: Duration, callBytesMax: Int = .max, executor: (any TaskExecutor)? = nil, open: @escaping Open) {
+        precondition(callTimeout > .zero && callBytesMax > 0)
+        self.callBytesMax = callBytesMax
         self.open = open
         self.executor = executor
         self.callTimeout = callTimeout
@@ -118,6 +122,9 @@ public final class PipelinedClient<Request: PipelinedMessage, Response: Pipeline
     /// Sends `request` (its id is set here) and waits for its answer; an error answer is
     /// thrown as its `RPCError`.
     public func call(_ request: Request) async throws -> Response {
+        guard request.wireBytes <= callBytesMax else {
+            throw RPCError(code: .resourceExhausted, message: "a call of about \(request.wireBytes) bytes exceeds \(callBytesMax)")
+        }
         try await permits.acquire()
         defer { permits.release() }
         let response: Response = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Response, any Error>) in

@@ -46,7 +46,7 @@ public final class KeyValueClient: Sendable {
             let stub = Stub(wrapping: client)
             // Each stream asks the server where its pipeline port is (it may have restarted since).
             let pipeline = PipelinedClient<Cairn_Kv_V1_PipelineCall, Cairn_Kv_V1_PipelineAnswer>(
-                inflightMax: inflightMax, callTimeout: .seconds(10), executor: eventLoop.executor
+                inflightMax: inflightMax, callTimeout: .seconds(10), callBytesMax: KeyValueService.pipelineCallBytesMax, executor: eventLoop.executor
             ) { requests, received in
                 try await FramedPipeline.open(service: KeyValueService.pipelineServiceName, at: server, portsVia: client, group: eventLoop.group,
                                               frameBytesMax: KeyValueService.pipelineFrameBytesMax, requests: requests, received: received,

@@ -45,6 +45,8 @@ public struct KeyValueService: Cairn_Kv_V1_KeyValue.SimpleServiceProtocol {
     /// The largest pipelined frame: a batch of about `PipelinedCalls.messageBytesMax`, or one
     /// call or answer with the largest key and value.
     public static let pipelineFrameBytesMax = PipelinedCalls.messageBytesMax + KeyValueMachine.keyBytesMax + KeyValueMachine.valueBytesMax + 4096
+    /// The largest call a client sends (larger ones fail at the client, as the server would refuse them).
+    public static let pipelineCallBytesMax = KeyValueMachine.keyBytesMax + KeyValueMachine.valueBytesMax + 64
 
     /// Serves this replica's pipelined puts and gets on `host:port` (0: any free port), on its
     /// event loop: put it in the replica's `ServiceGroup` after the node, and its `portService`

@@ -1,6 +1,7 @@
 import CairnCore
 import CairnTestSupport
 import Foundation
+import NIOCore
 import GRPCCore
 import Logging
 import RaftRuntime
@@ -65,10 +66,13 @@ import Glibc
         }
     }
 
-    func withServer<T: Sendable>(inflightMax: Int = 64, holder: Holder = Holder(), _ body: (Server, SharedEventLoop) async throws -> T) async throws -> T {
+    func withServer<T: Sendable>(inflightMax: Int = 64, connectionsMax: Int = FramedPipeline.connectionsMax,
+                                 idleTimeout: TimeAmount = FramedPipeline.idleTimeout, holder: Holder = Holder(),
+                                 _ body: (Server, SharedEventLoop) async throws -> T) async throws -> T {
         try await SharedEventLoop.with { eventLoop in
             let server = try await Server(service: Self.service, host: "127.0.0.1", port: 0, group: eventLoop.group, inflightMax: inflightMax,
-                                          frameBytesMax: 1 << 16, logger: Self.quietLogger) { holder.handle($0, $1) }
+                                          frameBytesMax: 1 << 16, connectionsMax: connectionsMax, idleTimeout: idleTimeout,
+                                          logger: Self.quietLogger) { holder.handle($0, $1) }
             return try await withThrowingTaskGroup(of: Void.self) { group in
                 // Serves until cancelled (no ServiceGroup here): then closes its listener and connections.
                 group.addTask { try await server.run() }
@@ -136,13 +140,20 @@ import Glibc
                 ("an empty frame", hello + [0, 0, 0, 0]),
                 ("an oversized frame", hello + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 8)),
                 ("an undecodable request", hello + frame([0xFF, 0xFF, 0xFF])),
-                ("more calls unanswered than allowed", hello + frame(try fivePuts.serializedBytes())),
             ]
             // The control: a proper hello alone is kept open.
             #expect(try !closedAfterSending(hello, to: server.port))
             for (name, bytes) in attacks {
                 #expect(try closedAfterSending(bytes, to: server.port), "\(name): the connection stayed open")
             }
+            // Calls past inflightMax (4 held here, a fifth in the same frame) are refused with
+            // their own error answer, and the connection stays open.
+            let fd = try connectLoopback(server.port)
+            defer { close(fd) }
+            try sendAll(fd, hello + frame(try fivePuts.serializedBytes()))
+            let refused = try Cairn_Kv_V1_PipelineResponse(serializedBytes: try #require(try readFrame(fd)))
+            #expect(refused.items.map(\.id) == [5])
+            #expect(refused.items.first?.rpcError?.code == .resourceExhausted)
             // A client that names another service gets an error, not a hang.
             let lost = client(port: server.port, eventLoop: eventLoop, service: "kv!")
             defer { lost.close() }
@@ -209,4 +220,68 @@ func sendWithoutReading(_ bytes: [UInt8], to port: Int, for duration: Duration) 
         if n > 0 { sent += n } else if n < 0 && errno != EAGAIN && errno != EWOULDBLOCK { break }
     }
     return (fd, sent)
+}
+
+extension FramedPipelineTests {
+    @Test func connectionsPastTheBoundAndIdleOnesAreClosed() async throws {
+        try await withServer(connectionsMax: 2, idleTimeout: .milliseconds(300)) { server, _ in
+            let name = Array(Self.service.utf8)
+            let hello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
+            // Two connections are served; a third is closed on arrival.
+            let first = try connectLoopback(server.port)
+            defer { close(first) }
+            let second = try connectLoopback(server.port)
+            defer { close(second) }
+            try sendAll(first, hello)
+            try sendAll(second, hello)
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(try closedAfterSending(hello, to: server.port), "a third connection was served")
+            // The first holds a call in flight (a put the handler keeps until it has 8): it stays
+            // open past the idle timeout; the second, idle, is closed.
+            var put = Cairn_Kv_V1_PipelineRequest()
+            put.items = [Cairn_Kv_V1_PipelineCall.with { $0.id = 1; $0.put.value = Data([2]) }]
+            let bytes: [UInt8] = try put.serializedBytes()
+            try sendAll(first, withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { Array($0) } + bytes)
+            try await Task.sleep(for: .seconds(1))
+            #expect(try readFrame(second) == nil, "the idle connection was not closed")
+            #expect(try isOpen(first), "the connection with a call in flight was closed")
+        }
+    }
+}
+
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {
+    var sent = 0
+    while sent < bytes.count {
+        let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard n > 0 else { throw CairnError(.io, "send failed: \(errno)") }
+        sent += n
+    }
+}
+
+/// Reads one u32-length-prefixed frame within two seconds; nil if the other side closed the connection.
+func readFrame(_ fd: Int32) throws -> [UInt8]? {
+    var timeout = timeval(tv_sec: 2, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    func read(_ count: Int) throws -> [UInt8]? {
+        var out = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = out[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 || (n < 0 && errno == ECONNRESET) { return nil }
+            guard n > 0 else { throw CairnError(.unavailable, "no frame within two seconds") }
+            got += n
+        }
+        return out
+    }
+    guard let header = try read(4) else { return nil }
+    let length = header.reduce(0) { $0 << 8 | Int($1) }
+    return try read(length)
+}
+
+/// Whether the other side has not closed the connection (nothing to read is still open).
+func isOpen(_ fd: Int32) throws -> Bool {
+    var byte: UInt8 = 0
+    let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+    if n == 0 || (n < 0 && errno == ECONNRESET) { return false }
+    return true
 }
