@@ -167,4 +167,36 @@ import Testing
         #expect(try await copier.value == 0)
         #expect(try runCommand("/usr/bin/diff", ["-r", "-q", tree, mounted.path("copy")]) == 0)
     }
+
+    /// Writes are acknowledged when buffered; when the upload of buffered bytes fails under a
+    /// later write (the buffer was full), that write gets EIO and the next fsync fails too, once
+    /// — the lost bytes were earlier writes', which the application may believe are safe.
+    @Test func anUploadLostUnderAWriteFailsTheNextFsync() async throws {
+        let mounted = try await MountedCluster(chunkservers: 1, options: "replicas=1")
+        let fd = open(mounted.path("lost.bin"), O_WRONLY | O_CREAT, 0o644)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        let piece = [UInt8](repeating: 7, count: 1 << 20)
+        func writePiece(_ offset: Int) -> Int32? {
+            let n = piece.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
+            return n == piece.count ? nil : (n < 0 ? errno : EIO)
+        }
+        // 3 MiB at the start of each of ten chunks: partial chunks stay buffered (30 MiB).
+        for chunk in 0..<10 {
+            for mib in 0..<3 { #expect(writePiece(chunk * (4 << 20) + mib << 20) == nil) }
+        }
+        await mounted.cluster.killChunkserver(1)
+        // More, until a write finds the buffer (64 MiB) full: it uploads everything, which fails.
+        var failed: Int32?
+        outer: for chunk in 10..<30 {
+            for mib in 0..<3 {
+                failed = writePiece(chunk * (4 << 20) + mib << 20)
+                if failed != nil { break outer }
+            }
+        }
+        #expect(failed == EIO)
+        // Nothing is buffered now, but acknowledged bytes are gone: fsync says so, once.
+        #expect(fsync(fd) == -1 && errno == EIO)
+        #expect(fsync(fd) == 0)
+    }
 }
