@@ -14,17 +14,20 @@ import Glibc
 /// Pipelined calls (`PipelinedCalls`' messages: batches of calls with ids, batches of answers)
 /// on a plain TCP connection in length-prefixed frames, served on the event loop itself.
 ///
-/// Why beside the gRPC stream: on the gRPC stream a call crossed HTTP/2 framing, the stream's
-/// async sequence, the handler's task and a writer task on the server, and as many steps on the
-/// client; on two cores that CPU sits on every call's path. Here a frame goes from the socket
-/// into the handler (a Raft proposal, a read), and the answer from the Raft loop straight back
-/// to the socket, with no task on the server.
+/// Why not a bidirectional gRPC stream (as before): there a call crossed HTTP/2 framing, the
+/// stream's async sequence, the handler's task and a writer task on the server, and as many
+/// steps on the client; on two cores that CPU sat on every call's path (leader CPU per Raft put
+/// 311 → 222 µs, client 140 → 76 µs; 1-proposer put p50 0.63-0.69 → 0.44-0.53 ms). Here a frame
+/// goes from the socket into the handler (a Raft proposal, a read), and the answer from the Raft
+/// loop straight back to the socket, with no task on the server.
 ///
 /// Wire format, big-endian. The client first sends a hello: u32 magic "CPIP", u8 version 1,
 /// u8 length + the service's name (the server closes a connection meant for another service).
 /// Then both sides send frames: u32 length (1...`frameBytesMax`) + one protobuf-encoded batch
 /// (`Request` from the client, `Response` from the server). Anything else closes the
-/// connection; so does a client with more than `inflightMax` calls unanswered.
+/// connection. Calls past `inflightMax` in flight are answered RESOURCE_EXHAUSTED, and the
+/// server stops reading a connection while it is at that bound or its unsent answers pass
+/// `unsentBytesMax`.
 public enum FramedPipeline {
     public static let magic: UInt32 = 0x4350_4950  // "CPIP"
     public static let version: UInt8 = 1
