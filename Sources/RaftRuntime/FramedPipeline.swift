@@ -268,6 +268,10 @@ where Response.Item: PipelinedResponse {
     /// Whether the connection is being read (`autoRead`): while it is writable and fewer than
     /// `inflightMax` calls are in flight.
     private var reading = true
+    /// Calls read while the connection was not writable (one read's worth at most: reading
+    /// stops then): started once the client takes its answers again. Without this, one read
+    /// of tiny calls for large answers (thousands per read) could queue gigabytes of answers.
+    private var deferred = CircularBuffer<Request.Item>()
 
     init(inflightMax: Int, frameBytesMax: Int, logger: Logger, handle: @escaping FramedPipelineServer<Request, Response>.Handle) {
         self.inflightMax = inflightMax
@@ -278,10 +282,11 @@ where Response.Item: PipelinedResponse {
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
-    /// A client that does not read its answers is not read either: its unsent answers stay
-    /// under `FramedPipeline.unsentBytesMax` plus what is in flight.
+    /// A client that does not read its answers is not read either, and the calls already read
+    /// wait: its unsent answers stay under `FramedPipeline.unsentBytesMax` plus what is in flight.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         writable = context.channel.isWritable
+        while writable, let call = deferred.popFirst() { start(call, context) }
         updateReading()
         context.fireChannelWritabilityChanged()
     }
@@ -289,7 +294,7 @@ where Response.Item: PipelinedResponse {
     /// Reads the connection while it is writable and below `inflightMax` calls in flight (the
     /// back-pressure gRPC's flow control gave): calls a client sends past that wait in its socket.
     private func updateReading() {
-        let wanted = writable && inflight < inflightMax
+        let wanted = writable && inflight < inflightMax && deferred.isEmpty
         guard wanted != reading, let context else { return }
         reading = wanted
         context.channel.setOption(.autoRead, value: wanted).whenComplete { _ in }
@@ -313,25 +318,34 @@ where Response.Item: PipelinedResponse {
         } catch {
             return fail(context, CairnError(.protocolViolation, "undecodable pipelined request: \(error)"))
         }
-        let loop = context.eventLoop
-        let bound = NIOLoopBound(self, eventLoop: loop)
         for call in request.items {
-            // Calls already read past the bound (a frame holds many) are refused, not dropped.
-            guard inflight < inflightMax else {
-                queue(Response.Item(id: call.id, error: RPCError(code: .resourceExhausted,
-                                                                 message: "more than \(inflightMax) pipelined calls in flight")))
-                continue
-            }
-            inflight += 1
-            handle(call) { answer in
-                if loop.inEventLoop {
-                    bound.value.answered(answer)
-                } else {
-                    loop.execute { bound.value.answered(answer) }
-                }
+            if writable && deferred.isEmpty {
+                start(call, context)
+            } else {
+                deferred.append(call)
             }
         }
         updateReading()
+    }
+
+    /// Hands one call to `handle`, or refuses it past `inflightMax` (calls already read past the
+    /// bound — a frame holds many — get an answer, never silence).
+    private func start(_ call: Request.Item, _ context: ChannelHandlerContext) {
+        guard inflight < inflightMax else {
+            queue(Response.Item(id: call.id, error: RPCError(code: .resourceExhausted,
+                                                             message: "more than \(inflightMax) pipelined calls in flight")))
+            return
+        }
+        inflight += 1
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
+        handle(call) { answer in
+            if loop.inEventLoop {
+                bound.value.answered(answer)
+            } else {
+                loop.execute { bound.value.answered(answer) }
+            }
+        }
     }
 
     private func answered(_ answer: Response.Item) {
