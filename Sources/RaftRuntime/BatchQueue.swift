@@ -58,14 +58,7 @@ public final class BatchQueue<Element: Sendable>: Sendable {
             let step = state.withLock { s -> PopStep in
                 if s.closed && (s.elements.isEmpty || !drainsOnClose) { return .closed }
                 guard !s.elements.isEmpty else { return .wait }
-                var taken = 0
-                var weight = 0
-                while taken < s.elements.count {
-                    let next = weigh(s.elements[taken])
-                    if taken > 0 && weight + next > batchWeightMax { break }
-                    weight += next
-                    taken += 1
-                }
+                let taken = batchLength(s.elements, weightMax: batchWeightMax, weigh: weigh)
                 let batch = Array(s.elements[..<taken])
                 s.elements.removeFirst(taken)
                 return .batch(batch)
@@ -114,4 +107,18 @@ extension BatchQueue {
     public func forEachBatch(_ body: ([Element]) async throws -> Void) async rethrows {
         while let batch = await popBatch() { try await body(batch) }
     }
+}
+
+/// How many leading `elements` make one batch: as many as fit in `weightMax`, and at least one
+/// (a single heavier element travels alone).
+func batchLength<C: Collection>(_ elements: C, weightMax: Int, weigh: (C.Element) -> Int) -> Int {
+    var taken = 0
+    var weight = 0
+    for element in elements {
+        let next = weigh(element)
+        if taken > 0 && weight + next > weightMax { break }
+        weight += next
+        taken += 1
+    }
+    return taken
 }

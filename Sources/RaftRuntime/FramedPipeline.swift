@@ -97,10 +97,10 @@ public enum FramedPipeline {
                 channel.close(promise: nil)
             }
             group.addTask { try? await channel.closeFuture.get() }
+            // Either way the channel is closed now: the sender closes it when it ends.
             await group.next()
             group.cancelAll()
         }
-        channel.close(promise: nil)
         // A plain end fails whatever still waits with "the server ended the stream" (`PipelinedClient`).
         if let error = failure.mutex.withLock({ $0 }) { throw error }
     }
@@ -141,18 +141,12 @@ public enum FramedPipeline {
     /// Splits answers into messages of about `PipelinedCalls.messageBytesMax` (a larger one alone).
     static func batches<Item: PipelinedMessage>(_ items: [Item]) -> [[Item]] {
         var batches: [[Item]] = []
-        var current: [Item] = []
-        var weight = 0
-        for item in items {
-            if !current.isEmpty && weight + item.wireBytes > PipelinedCalls.messageBytesMax {
-                batches.append(current)
-                current = []
-                weight = 0
-            }
-            current.append(item)
-            weight += item.wireBytes
+        var rest = items[...]
+        while !rest.isEmpty {
+            let count = batchLength(rest, weightMax: PipelinedCalls.messageBytesMax, weigh: \.wireBytes)
+            batches.append(Array(rest.prefix(count)))
+            rest = rest.dropFirst(count)
         }
-        if !current.isEmpty { batches.append(current) }
         return batches
     }
 }
@@ -281,6 +275,7 @@ where Response.Item: PipelinedResponse {
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     /// A client that does not read its answers is not read either, and the calls already read
     /// wait: its unsent answers stay under `FramedPipeline.unsentBytesMax` plus what is in flight.
@@ -308,7 +303,6 @@ where Response.Item: PipelinedResponse {
         }
         context.fireUserInboundEventTriggered(event)
     }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)

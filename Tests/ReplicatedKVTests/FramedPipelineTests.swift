@@ -123,9 +123,7 @@ import Glibc
 
     @Test func badInputClosesThatConnectionAndTheServerServesOthers() async throws {
         try await withServer(inflightMax: 4) { server, eventLoop in
-            let name = Array(Self.service.utf8)
-            let hello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
-            func frame(_ bytes: [UInt8]) -> [UInt8] { withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { Array($0) } + bytes }
+            let hello = pipelineHello(Self.service)
             var fivePuts = Cairn_Kv_V1_PipelineRequest()
             for id in 1...5 {
                 var call = Cairn_Kv_V1_PipelineCall()
@@ -135,11 +133,11 @@ import Glibc
             }
             let attacks: [(String, [UInt8])] = [
                 ("random bytes", testBytes(count: 64, seed: 7)),
-                ("another wire version", [0x43, 0x50, 0x49, 0x50, 2, UInt8(name.count)] + name),
-                ("another service", [0x43, 0x50, 0x49, 0x50, 1, 3] + Array("kv!".utf8)),
+                ("another wire version", pipelineHello(Self.service, version: 2)),
+                ("another service", pipelineHello("kv!")),
                 ("an empty frame", hello + [0, 0, 0, 0]),
                 ("an oversized frame", hello + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 8)),
-                ("an undecodable request", hello + frame([0xFF, 0xFF, 0xFF])),
+                ("an undecodable request", hello + lengthPrefixed([0xFF, 0xFF, 0xFF])),
             ]
             // The control: a proper hello alone is kept open.
             #expect(try !closedAfterSending(hello, to: server.port))
@@ -150,7 +148,7 @@ import Glibc
             // their own error answer, and the connection stays open.
             let fd = try connectLoopback(server.port)
             defer { close(fd) }
-            try sendAll(fd, hello + frame(try fivePuts.serializedBytes()))
+            try sendAll(fd, hello + lengthPrefixed(try fivePuts.serializedBytes()))
             let refused = try Cairn_Kv_V1_PipelineResponse(serializedBytes: try #require(try readFrame(fd)))
             #expect(refused.items.map(\.id) == [5])
             #expect(refused.items.first?.rpcError?.code == .resourceExhausted)
@@ -171,8 +169,7 @@ import Glibc
         let holder = Holder()
         try await withServer(holder: holder) { server, eventLoop in
             // 40,000 gets of 4 KiB answers (160 MiB if all were answered) from a client that never reads.
-            let name = Array(Self.service.utf8)
-            var bytes: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
+            var bytes = pipelineHello(Self.service)
             for batch in 0..<1000 {
                 var request = Cairn_Kv_V1_PipelineRequest()
                 for i in 0..<40 {
@@ -181,8 +178,7 @@ import Glibc
                     call.get.key = Data("big".utf8)
                     request.items.append(call)
                 }
-                let frame: [UInt8] = try request.serializedBytes()
-                bytes += withUnsafeBytes(of: UInt32(frame.count).bigEndian) { Array($0) } + frame
+                bytes += lengthPrefixed(try request.serializedBytes())
             }
             let (fd, sent) = try sendWithoutReading(bytes, to: server.port, for: .seconds(3))
             defer { close(fd) }
@@ -227,8 +223,7 @@ func sendWithoutReading(_ bytes: [UInt8], to port: Int, for duration: Duration) 
 extension FramedPipelineTests {
     @Test func connectionsPastTheBoundAndIdleOnesAreClosed() async throws {
         try await withServer(connectionsMax: 2, idleTimeout: .milliseconds(300)) { server, _ in
-            let name = Array(Self.service.utf8)
-            let hello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
+            let hello = pipelineHello(Self.service)
             // Two connections are served; a third is closed on arrival.
             let first = try connectLoopback(server.port)
             defer { close(first) }
@@ -242,13 +237,23 @@ extension FramedPipelineTests {
             // open past the idle timeout; the second, idle, is closed.
             var put = Cairn_Kv_V1_PipelineRequest()
             put.items = [Cairn_Kv_V1_PipelineCall.with { $0.id = 1; $0.put.value = Data([2]) }]
-            let bytes: [UInt8] = try put.serializedBytes()
-            try sendAll(first, withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { Array($0) } + bytes)
+            try sendAll(first, lengthPrefixed(try put.serializedBytes()))
             try await Task.sleep(for: .seconds(1))
             #expect(try readFrame(second) == nil, "the idle connection was not closed")
             #expect(try isOpen(first), "the connection with a call in flight was closed")
         }
     }
+}
+
+/// A pipelined connection's hello, as `FramedPipeline.open` sends it: "CPIP", version, service name.
+func pipelineHello(_ service: String, version: UInt8 = FramedPipeline.version) -> [UInt8] {
+    let name = Array(service.utf8)
+    return withUnsafeBytes(of: FramedPipeline.magic.bigEndian) { Array($0) } + [version, UInt8(name.count)] + name
+}
+
+/// `bytes` as one frame: u32 big-endian length, then the bytes.
+func lengthPrefixed(_ bytes: [UInt8]) -> [UInt8] {
+    withUnsafeBytes(of: UInt32(bytes.count).bigEndian) { Array($0) } + bytes
 }
 
 func sendAll(_ fd: Int32, _ bytes: [UInt8]) throws {

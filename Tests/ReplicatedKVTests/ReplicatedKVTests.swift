@@ -213,12 +213,11 @@ final class AckedWrites: Sendable {
                 return Int(try await ports.port(request).port)
             }
             #expect(pipelinePort > 0 && pipelinePort != port)
-            let name = Array(KeyValueService.pipelineServiceName.utf8)
-            let pipelineHello: [UInt8] = [0x43, 0x50, 0x49, 0x50, 1, UInt8(name.count)] + name
-            #expect(try !closedAfterSending(pipelineHello, to: pipelinePort))
+            let hello = pipelineHello(KeyValueService.pipelineServiceName)
+            #expect(try !closedAfterSending(hello, to: pipelinePort))
             for (name, bytes) in [("random bytes", testBytes(count: 64, seed: 10)),
-                                  ("an oversized frame", pipelineHello + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 11)),
-                                  ("an undecodable request", pipelineHello + [0, 0, 0, 3, 0xFF, 0xFF, 0xFF])] {
+                                  ("an oversized frame", hello + [0xFF, 0xFF, 0xFF, 0xFF] + testBytes(count: 32, seed: 11)),
+                                  ("an undecodable request", hello + lengthPrefixed([0xFF, 0xFF, 0xFF]))] {
                 #expect(try closedAfterSending(bytes, to: pipelinePort), "pipeline port, \(name): the connection stayed open")
             }
             // The group is unaffected: writes commit and read back.
