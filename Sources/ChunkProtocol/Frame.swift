@@ -158,18 +158,17 @@ public struct FrameDecoder: ByteToMessageDecoder, Sendable {
     }
 }
 
-/// An outbound frame: preamble, header bytes, body bytes. A frame whose body is large and
-/// read in parts goes as a head (`streamed(…)`, its preamble declaring the body's length) and
-/// then `bodyPart`s adding up to exactly that length, with nothing else written in between.
+/// An outbound frame: preamble, header bytes, and a body that is bytes in memory or a
+/// region of an open file (sent with `sendfile`, never copied into this process).
 public struct OutboundFrame: Sendable {
     public var kind: FramePreamble.Kind
     public var requestID: UInt64
     public var header: [UInt8]
     public var body: ByteBuffer?
-    /// A streamed frame's declared body length (its body follows as parts); nil: `body` is it.
-    public private(set) var streamedBodyLength: Int?
-    /// Bytes of the body of the streamed frame written last (no preamble, no header).
-    public private(set) var isBodyPart = false
+    /// A file body: `length` bytes from the start of the file behind `descriptor`. The encoder
+    /// takes the descriptor and closes it once the bytes are written (or the write fails); a
+    /// frame dropped before it reaches the encoder closes it as it goes.
+    public private(set) var file: (descriptor: OwnedFileDescriptor, length: Int)?
 
     public init(kind: FramePreamble.Kind, requestID: UInt64, header: [UInt8], body: ByteBuffer? = nil) {
         self.kind = kind
@@ -178,19 +177,15 @@ public struct OutboundFrame: Sendable {
         self.body = body
     }
 
-    /// The head of a frame whose `bodyLength` bytes of body follow as `bodyPart`s.
-    public static func streamed(kind: FramePreamble.Kind, requestID: UInt64, header: [UInt8], bodyLength: Int) -> OutboundFrame {
+    /// A frame whose body is the first `length` bytes of the file open as `descriptor`.
+    public static func fileBody(kind: FramePreamble.Kind, requestID: UInt64, header: [UInt8],
+                                descriptor: OwnedFileDescriptor, length: Int) -> OutboundFrame {
         var frame = OutboundFrame(kind: kind, requestID: requestID, header: header)
-        frame.streamedBodyLength = bodyLength
+        frame.file = (descriptor, length)
         return frame
     }
 
-    /// The next bytes of the body of the streamed frame written last.
-    public static func bodyPart(_ bytes: ByteBuffer) -> OutboundFrame {
-        var frame = OutboundFrame(kind: .response, requestID: 0, header: [], body: bytes)
-        frame.isBodyPart = true
-        return frame
-    }
+    var bodyLength: Int { file?.length ?? body?.readableBytes ?? 0 }
 }
 
 /// Writes `OutboundFrame`s: the preamble and header in one buffer, the body as its own write
@@ -203,15 +198,22 @@ public final class FrameEncoder: ChannelOutboundHandler, Sendable {
 
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let frame = unwrapOutboundIn(data)
-        if frame.isBodyPart {
-            context.write(wrapOutboundOut(frame.body ?? context.channel.allocator.buffer(capacity: 0)), promise: promise)
-            return
-        }
         var head = context.channel.allocator.buffer(capacity: FramePreamble.byteCount + frame.header.count)
         FramePreamble(kind: frame.kind, requestID: frame.requestID, headerLength: frame.header.count,
-                      bodyLength: frame.streamedBodyLength ?? frame.body?.readableBytes ?? 0).write(to: &head)
+                      bodyLength: frame.bodyLength).write(to: &head)
         head.writeBytes(frame.header)
-        if let body = frame.body, body.readableBytes > 0 {
+        if let file = frame.file {
+            guard let descriptor = file.descriptor.take() else {
+                promise?.fail(CairnError(.internal, "a frame's file body was sent twice"))
+                return
+            }
+            let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: descriptor.rawValue)
+            let sent = context.eventLoop.makePromise(of: Void.self)
+            sent.futureResult.whenComplete { _ in try? handle.close() }
+            if let promise { sent.futureResult.cascade(to: promise) }
+            context.write(wrapOutboundOut(head), promise: nil)
+            context.write(NIOAny(IOData.fileRegion(FileRegion(fileHandle: handle, readerIndex: 0, endIndex: file.length))), promise: sent)
+        } else if let body = frame.body, body.readableBytes > 0 {
             context.write(wrapOutboundOut(head), promise: nil)
             context.write(wrapOutboundOut(body), promise: promise)
         } else {

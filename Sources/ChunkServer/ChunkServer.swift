@@ -208,8 +208,6 @@ public final class ChunkServer: Service, Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let slots = AsyncSemaphore(limit: Self.requestsPerConnectionMax)
-                // One answer is written at a time: a streamed body's parts must follow its head.
-                let writer = AnswerWriter(outbound: outbound, channel: connection.channel, peer: peer)
                 // Answers still being worked on are finished (and written) before the connection closes.
                 try await withThrowingDiscardingTaskGroup { answering in
                     var parts = inbound.makeAsyncIterator()
@@ -220,7 +218,7 @@ public final class ChunkServer: Service, Sendable {
                         } catch let error as CairnError {
                             // A framing error: say why, then close.
                             self.logger.warning("closing connection after a protocol violation", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                            await self.send(.whole(ChunkResponse(error: error), nil), requestID: 0, with: writer)
+                            await self.send(.whole(ChunkResponse(error: error), nil), requestID: 0, to: outbound)
                             return
                         }
                         guard let part else { return }
@@ -238,7 +236,7 @@ public final class ChunkServer: Service, Sendable {
                                 // Every failure of a request is its answer, with the error's code.
                                 reply = .whole(ChunkResponse(error: error as? CairnError ?? CairnError(.internal, "request failed", cause: error)), nil)
                             }
-                            await self.send(reply, requestID: preamble.requestID, with: writer)
+                            await self.send(reply, requestID: preamble.requestID, to: outbound)
                         }
                     }
                 }
@@ -259,89 +257,23 @@ public final class ChunkServer: Service, Sendable {
     /// What answers one request, once its frame has been read; what it throws is the answer.
     private typealias Answer = @Sendable () async throws -> Reply
 
-    /// A request's answer: a response with its whole body, or (a whole-chunk get) a response
-    /// whose body is read and sent in parts (`streamedPartBytes`), each checked before it
-    /// leaves, so that the first bytes are on the wire while the rest is still being read.
+    /// A request's answer: a response with its whole body in memory, or (a whole-chunk get) a
+    /// response whose body is a checked chunk file, sent from the page cache.
     private enum Reply: Sendable {
         case whole(ChunkResponse, ByteBuffer?)
-        case streamed(ChunkResponse, StreamedBody)
+        case file(ChunkResponse, CheckedChunkFile)
     }
 
-    /// A chunk being sent in parts, and the transfer permit it holds until it is sent.
-    private struct StreamedBody: Sendable {
-        let reader: ChunkPartReader
-        let releasePermit: @Sendable () -> Void
-    }
-
-    /// The parts a whole-chunk get is read and sent in: whole checksum blocks up to this size.
-    public static let streamedPartBytes = 512 << 10
-
-    /// The answers of one connection, written one at a time.
-    private struct AnswerWriter: Sendable {
-        let outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>
-        let channel: any Channel
-        let peer: String
-        let lock = AsyncSemaphore(limit: 1)
-    }
-
-    /// Writes one answer. A streamed body's parts are read (on the thread pool) and written one
-    /// after another, each checked first. When a part fails its check (the chunk is quarantined
-    /// then), the rest of the promised body goes as zeros: the client's SHA-256 of the whole
-    /// chunk then fails and it reports the replica corrupt, as it would a whole answer that
-    /// failed; no unchecked byte of the chunk leaves. Any other failure part-way (a read error)
-    /// leaves the frame short of what its head promised, and the connection is closed.
-    private func send(_ reply: Reply, requestID: UInt64, with writer: AnswerWriter) async {
-        var streamed: StreamedBody?
-        if case .streamed(_, let body) = reply { streamed = body }
-        defer {
-            streamed?.reader.close()
-            streamed?.releasePermit()
-        }
-        guard (try? await writer.lock.acquire()) != nil else { return }
-        defer { writer.lock.release() }
+    /// Writes one answer. A file body's descriptor is closed once it is sent, or when the frame
+    /// is dropped because the connection closed.
+    private func send(_ reply: Reply, requestID: UInt64, to outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>) async {
         switch reply {
         case .whole(let response, let body):
-            try? await writer.outbound.write(OutboundFrame(kind: .response, requestID: requestID,
-                                                           header: (try? response.serializedBytes()) ?? [], body: body))
-        case .streamed(let response, let body):
-            let reader = body.reader, threadPool = self.threadPool
-            var sent = 0, headWritten = false
-            do {
-                try await writer.outbound.write(.streamed(kind: .response, requestID: requestID, header: try response.serializedBytes(),
-                                                          bodyLength: reader.chunkLength))
-                headWritten = true
-                while let part = try await threadPool.runIfActive({ () throws -> ByteBuffer? in
-                    try reader.read(bytesMax: Self.streamedPartBytes, into: Self.byteBuffer(ByteBufferAllocator()))
-                }) {
-                    sent += part.readableBytes
-                    try await writer.outbound.write(.bodyPart(part))
-                }
-                guard sent == reader.chunkLength else {
-                    throw CairnError(.internal, "sent \(sent) of \(reader.chunkLength) bytes")
-                }
-            } catch let error as CairnError where error.code == .corrupt && headWritten {
-                do {
-                    try await Self.writeZeros(reader.chunkLength - sent, to: writer.outbound)
-                } catch {
-                    writer.channel.close(promise: nil)
-                }
-            } catch {
-                logger.warning("closing connection: a get failed part-way through its body",
-                               metadata: ["peer": "\(writer.peer)", "chunk": "\(reader.id)", "sent": "\(sent)", "error": "\(error)"])
-                writer.channel.close(promise: nil)
-            }
-        }
-    }
-
-    /// Completes a streamed body with `count` zero bytes.
-    private static func writeZeros(_ count: Int, to outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>) async throws {
-        var left = count
-        while left > 0 {
-            let n = min(left, streamedPartBytes)
-            var zeros = ByteBufferAllocator().buffer(capacity: n)
-            zeros.writeRepeatingByte(0, count: n)
-            try await outbound.write(.bodyPart(zeros))
-            left -= n
+            try? await outbound.write(OutboundFrame(kind: .response, requestID: requestID,
+                                                    header: (try? response.serializedBytes()) ?? [], body: body))
+        case .file(let response, let file):
+            try? await outbound.write(.fileBody(kind: .response, requestID: requestID, header: (try? response.serializedBytes()) ?? [],
+                                                descriptor: file.descriptor, length: file.length))
         }
     }
 
@@ -459,25 +391,22 @@ public final class ChunkServer: Service, Sendable {
         case .get(let get):
             let id = try ChunkID(field: get.id)
             try await transfers.acquire()
-            var permitHandedOn = false
-            defer { if !permitHandedOn { transfers.release() } }
+            defer { transfers.release() }
             guard get.offset <= UInt64(Int.max), get.length <= UInt64(configuration.store.limits.chunkBytesMax) else {
                 throw CairnError(.invalidArgument, "range \(get.offset)+\(get.length) is out of bounds")
             }
             // Whole-chunk reads are checked like range reads, block by block against the
             // CRC-32C checksums written at put time from bytes that had hashed to the ID: a
-            // flipped byte still fails, quarantines the chunk and is never sent. The SHA-256 of
+            // flipped byte fails the get, quarantines the chunk and is never sent. The SHA-256 of
             // a whole chunk is the client's to check (`ChunkClient.get` re-hashes every chunk
             // it returns); `verify` and the scrubber still re-hash with SHA-256 here, and a
             // missing or damaged checksum file falls back to SHA-256 (`ChunkStore.read`).
-            // Re-hashing on both sides would spend a second core on each byte.
+            // Re-hashing on both sides would spend a second core on each byte. Once checked,
+            // the chunk goes from the page cache to the socket with sendfile.
             if get.offset == 0 && get.length == 0 && !get.withChecksums,
-               let reader = try await threadPool.runIfActive({ try store.openParts(id) }) {
-                // A whole chunk goes in parts, read and checked as the previous ones are sent.
-                response.get.chunkLength = UInt64(reader.chunkLength)
-                permitHandedOn = true
-                let transfers = self.transfers
-                return .streamed(response, StreamedBody(reader: reader, releasePermit: { transfers.release() }))
+               let file = try await threadPool.runIfActive({ try store.openChecked(id) }) {
+                response.get.chunkLength = UInt64(file.length)
+                return .file(response, file)
             }
             let offset = Int(get.offset)
             let length = get.length == 0 ? nil : Int(get.length)

@@ -400,14 +400,22 @@ public final class ChunkStore: Sendable {
                 VerifiedBlocks(offset: start, blockBytes: sums.blockBytes, checksums: Array(sums.checksums[blocks])))
     }
 
-    /// Opens a whole chunk to be read in parts of whole checksum blocks, each part checked
-    /// against its CRC-32Cs before it is handed out (`ChunkPartReader.read`): a server sends the
-    /// first part while it reads the next instead of reading and checking 4 MiB first. nil when
-    /// the checksum file is missing or damaged: then `get` reads the chunk whole, re-hashes it
-    /// and rewrites the file.
+    /// How much of a chunk `openChecked` reads and checks at a time (whole checksum blocks).
+    public static let checkPieceBytes = 256 << 10
+
+    /// Opens a whole chunk to be sent as it is on disk (`sendfile`), after checking every
+    /// block against its CRC-32C: the chunk is read once, a piece at a time through one small
+    /// buffer that stays in the processor's cache, and never copied whole into memory or into
+    /// the socket. nil when the checksum file is missing or damaged: then `get` reads the
+    /// chunk whole, re-hashes it and rewrites the file.
     ///
-    /// - Throws: `.notFound`, `.corrupt` (an oversized file, quarantined), `.io`.
-    public func openParts(_ id: ChunkID) throws(CairnError) -> ChunkPartReader? {
+    /// The bytes sent are the page cache's, checked a moment before. A chunk file is never
+    /// written in place once installed, so they are the checked bytes; and the client re-hashes
+    /// every chunk it gets against its ID (`ChunkClient.get`) in any case.
+    ///
+    /// - Throws: `.notFound`; `.corrupt` (the chunk is quarantined) when a block fails its
+    ///   checksum, the file is oversized or it shrank; `.io`.
+    public func openChecked(_ id: ChunkID) throws(CairnError) -> CheckedChunkFile? {
         let fd = try openChunk(id)
         do {
             let size = try chunkSize(fd, id)
@@ -415,7 +423,20 @@ public final class ChunkStore: Sendable {
                 try? fd.close()
                 return nil
             }
-            return ChunkPartReader(store: self, id: id, fd: fd, sums: sums)
+            let pieceBlocks = max(1, Self.checkPieceBytes / sums.blockBytes)
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: pieceBlocks * sums.blockBytes, alignment: 64)
+            defer { scratch.deallocate() }
+            var first = 0
+            while first < sums.checksums.count {
+                let blocks = first..<min(first + pieceBlocks, sums.checksums.count)
+                let start = blocks.lowerBound * sums.blockBytes
+                let stop = min(blocks.upperBound * sums.blockBytes, size)
+                let piece = UnsafeMutableRawBufferPointer(rebasing: scratch[..<(stop - start)])
+                try preadFully(fd, into: piece, at: start, id: id)
+                try checkBlocks(UnsafeRawBufferPointer(piece), blocks: blocks, from: start, against: sums, of: id)
+                first = blocks.upperBound
+            }
+            return CheckedChunkFile(id: id, length: size, descriptor: OwnedFileDescriptor(fd))
         } catch {
             try? fd.close()
             throw error
@@ -659,52 +680,10 @@ public final class ChunkStore: Sendable {
     }
 }
 
-/// A whole chunk being read in parts (`ChunkStore.openParts`): each `read` hands out the next
-/// whole checksum blocks, checked. Used by one task at a time, from a thread that may block;
-/// `close()` when done (also after a failure).
-public final class ChunkPartReader: @unchecked Sendable {
-    private let store: ChunkStore
+/// A chunk file checked whole against its block checksums (`ChunkStore.openChecked`), open
+/// for whoever sends its first `length` bytes (and then closes `descriptor`).
+public struct CheckedChunkFile: Sendable {
     public let id: ChunkID
-    private let fd: FileDescriptor
-    private let sums: BlockChecksums
-    /// Where the next part starts (a block boundary).
-    private var offset = 0
-
-    fileprivate init(store: ChunkStore, id: ChunkID, fd: FileDescriptor, sums: BlockChecksums) {
-        self.store = store
-        self.id = id
-        self.fd = fd
-        self.sums = sums
-    }
-
-    public var chunkLength: Int { sums.chunkLength }
-
-    /// Reads the next part, whole blocks of at most `bytesMax` bytes (at least one block), into
-    /// storage `output` makes (as `ChunkStore.read(_:offset:length:into:)`); nil once the
-    /// chunk is all read.
-    ///
-    /// - Throws: `.corrupt` (the chunk is quarantined) when a block fails its checksum or the
-    ///   file shrank; `.io`; what `output` throws.
-    public func read<Output>(bytesMax: Int,
-                             into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
-        throws(CairnError) -> Output? {
-        guard offset < sums.chunkLength else { return nil }
-        let blockCount = max(1, bytesMax / sums.blockBytes)
-        let first = offset / sums.blockBytes
-        let blocks = first..<min(first + blockCount, sums.checksums.count)
-        let start = offset
-        let stop = min(blocks.upperBound * sums.blockBytes, sums.chunkLength)
-        let (store, fd, sums, id) = (self.store, self.fd, self.sums, self.id)
-        let out = try output(stop - start) { (raw) throws(CairnError) in
-            precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
-            try store.preadFully(fd, into: raw, at: start, id: id)
-            try store.checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, from: start, against: sums, of: id)
-        }
-        offset = stop
-        return out
-    }
-
-    public func close() {
-        try? fd.close()
-    }
+    public let length: Int
+    public let descriptor: OwnedFileDescriptor
 }

@@ -295,11 +295,10 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         }
     }
 
-    /// A whole chunk goes out in parts (`streamedPartBytes`), each checked as it is read: a
-    /// flipped byte in a later part, after good parts were sent, still fails the get as
-    /// corrupt (the rest of the body is zeros, which the client's SHA-256 rejects), the chunk is
-    /// quarantined, and the same connection goes on answering.
-    @Test func aFlippedByteInALaterPartFailsTheGetAndTheConnectionGoesOn() async throws {
+    /// A whole chunk is checked piece by piece (`checkPieceBytes`) before it is sent: a flipped
+    /// byte in a later piece, after good ones were checked, still fails the get as corrupt, the
+    /// chunk is quarantined, and the same connection goes on answering.
+    @Test func aFlippedByteInALaterPieceFailsTheGetAndTheConnectionGoesOn() async throws {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address)
@@ -308,8 +307,8 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
             try await client.put(victim, bytes: victimBytes)
             try await client.put(other, bytes: otherBytes)
             #expect(try await client.get(victim) == victimBytes)
-            // Past the first two parts.
-            let offset = Int64(2 * ChunkServer.streamedPartBytes + 4_321)
+            // Past the first two pieces.
+            let offset = Int64(2 * ChunkStore.checkPieceBytes + 4_321)
             try flipByte(in: dir.path.appending("chunks").appending(String(victim.hex.prefix(2))).appending(victim.hex), at: offset)
             #expect(await errorCode { _ = try await client.get(victim) } == .corrupt)
             #expect(try await client.get(other) == otherBytes)
@@ -319,7 +318,40 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         }
     }
 
-    /// Without its checksum file a chunk is re-hashed whole (not streamed), served, and the file rewritten.
+    /// Whole gets send the chunk file itself (sendfile): its descriptor is closed once the bytes
+    /// are out, and also when the client goes away with gets still queued on the connection.
+    @Test func wholeGetsLeaveNoChunkFileOpen() async throws {
+        let dir = TestDirectory("server")
+        let chunks = dir.path.appending("chunks").string
+        func openChunkFiles() -> Int {
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+            return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\($0)"))?.hasPrefix(chunks) == true }.count
+        }
+        try await withChunkServer(directory: dir.path) { _, address in
+            let client = try await ChunkClient.connect(to: address)
+            let (id, bytes) = testChunk(1 << 20 + 3, seed: 34)
+            try await client.put(id, bytes: bytes)
+            for _ in 0..<20 { #expect(try await client.get(id) == bytes) }
+            #expect(openChunkFiles() == 0)
+            // Gets queued on a connection that closes before their answers are read.
+            let leaving = try await ChunkClient.connect(to: address)
+            await withTaskGroup(of: Void.self) { group in
+                for _ in 0..<8 { group.addTask { _ = try? await leaving.get(id) } }
+                try? await Task.sleep(for: .milliseconds(5))
+                await leaving.close()
+            }
+            #expect(try await client.get(id) == bytes)
+            var open = openChunkFiles()
+            for _ in 0..<100 where open > 0 {
+                try await Task.sleep(for: .milliseconds(20))
+                open = openChunkFiles()
+            }
+            #expect(open == 0)
+            await client.close()
+        }
+    }
+
+    /// Without its checksum file a chunk is re-hashed whole (not sent from the file), served, and the file rewritten.
     @Test func aChunkWithoutItsChecksumFileIsReHashedAndServedWhole() async throws {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
