@@ -12,6 +12,8 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
     public static let staleLocalRead = PlantedBugs(rawValue: 1 << 2)
     /// Grant votes (and pre-votes) without checking that the candidate's log is at least as up to date.
     public static let noUpToDateCheck = PlantedBugs(rawValue: 1 << 3)
+    /// Lease reads: a lease, once a quorum acknowledged it, never expires (for the rest of the term).
+    public static let unboundedLease = PlantedBugs(rawValue: 1 << 4)
 
     /// Command-line names, in a fixed order.
     public static let named: [(name: String, bug: PlantedBugs)] = [
@@ -19,6 +21,7 @@ public struct PlantedBugs: OptionSet, Sendable, Hashable {
         ("unpersisted-vote", .unpersistedVote),
         ("stale-local-read", .staleLocalRead),
         ("no-uptodate-check", .noUpToDateCheck),
+        ("unbounded-lease", .unboundedLease),
     ]
 
     public init?(name: String) {
@@ -88,6 +91,18 @@ public struct Config: Sendable {
     /// heartbeat later. Nothing a client waits for depends on a follower's commit index except a forwarded read,
     /// and that gets it.
     public var broadcastsCommit: Bool = true
+    /// Lease reads, in nanoseconds of the clock the application passes in (`RawNode.tick(now:)`,
+    /// `RawNode.readIndex(context:now:)`); 0 turns them off. A leader that a quorum acknowledged a
+    /// heartbeat sent at time S answers reads at once, without a heartbeat round, until S + `leaseNanos`.
+    ///
+    /// Why that is safe: with check-quorum, a voter that heard from the leader ignores votes for
+    /// `electionTicks` of its ticks, and a node ignores votes for its first `electionTicks` ticks after it
+    /// starts (it may have acknowledged a leader before a crash). So no other leader can be elected before
+    /// S + (electionTicks − 1) ticks (the first tick may come at once) — if ticks never come faster than real
+    /// time. The lease must be shorter than that by the clocks' worst drift; a leader hands leadership
+    /// over (`MsgTimeoutNow`, which voters obey regardless) only after giving up its lease for the term.
+    /// Needs check-quorum and pre-vote.
+    public var leaseNanos: UInt64 = 0
     /// Seed of the node's own generator for randomized election timeouts.
     public var randomSeed: UInt64 = 0
     /// Test-only planted bugs; empty in production.
@@ -112,6 +127,9 @@ public struct Config: Sendable {
         }
         guard inflightBytesMax >= messageBytesMax else {
             throw ConfigError(.invalidBound, "inflightBytesMax (\(inflightBytesMax)) must be at least messageBytesMax (\(messageBytesMax))")
+        }
+        guard leaseNanos == 0 || (checkQuorum && preVote) else {
+            throw ConfigError(.invalidBound, "lease reads (leaseNanos) need checkQuorum and preVote")
         }
     }
 }

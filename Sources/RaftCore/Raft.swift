@@ -25,6 +25,19 @@ final class Raft {
     var readIndexQueue: ReadIndexQueue
     /// Reads that arrived before this leader committed an entry of its term; answered once it has.
     var pendingReadIndexMessages: [Message] = []
+    /// The application's clock while a call that passed one (`tick(now:)`, `readIndex(context:now:)`) runs; nil
+    /// otherwise, so that no lease is ever judged by a stale time.
+    var clock: UInt64?
+    /// Ticks since this node started, counted up to `electionTicks` (lease reads: a node ignores votes until
+    /// then, since before a restart it may have acknowledged a leader that still holds a lease).
+    var ticksSinceStart = 0
+    /// Leader, lease reads: the heartbeat rounds sent with a clock (newest last, at most `leaseRoundsMax`), the
+    /// newest round each peer acknowledged, and whether the lease is given up for the rest of the term.
+    var leaseRounds: [(round: UInt64, sentAt: UInt64)] = []
+    var nextLeaseRound: UInt64 = 1
+    var leaseAcks: [NodeID: UInt64] = [:]
+    var leaseRevoked = false
+    static let leaseRoundsMax = 64
     /// A snapshot being reassembled from chunks (followers only; volatile).
     var snapshotAssembly: SnapshotAssembly?
     var random: SplitMix64
@@ -118,6 +131,9 @@ final class Raft {
         uncommittedBytes = 0
         readIndexQueue = ReadIndexQueue(requestsMax: config.readIndexRequestsMax)
         pendingReadIndexMessages = []
+        leaseRounds = []
+        leaseAcks = [:]
+        leaseRevoked = false
     }
 
     func becomeFollower(term newTerm: UInt64, lead newLead: NodeID) {
@@ -179,7 +195,10 @@ final class Raft {
 
     // MARK: - Ticks
 
-    func tick() { tickRole(self)() }
+    func tick() {
+        if ticksSinceStart < config.electionTicks { ticksSinceStart += 1 }
+        tickRole(self)()
+    }
 
     func tickElection() {
         electionElapsed += 1
@@ -274,8 +293,11 @@ final class Raft {
             if m.kind == .vote || m.kind == .preVote {
                 let force = m.context == campaignTransferContext
                 // Leader lease (check-quorum): a node that heard from a leader within the minimum election
-                // timeout ignores votes, so a partitioned node rejoining cannot depose a healthy leader.
-                let inLease = config.checkQuorum && lead != noNode && electionElapsed < config.electionTicks
+                // timeout ignores votes, so a partitioned node rejoining cannot depose a healthy leader. With
+                // lease reads, so does a node that started less than an election timeout ago.
+                let inLease = config.checkQuorum
+                    && ((lead != noNode && electionElapsed < config.electionTicks)
+                        || (config.leaseNanos > 0 && ticksSinceStart < config.electionTicks))
                 if !force && inLease { return }
             }
             switch m.kind {
@@ -325,7 +347,12 @@ final class Raft {
 
     func abortLeaderTransfer() { leadTransferee = noNode }
 
-    func sendTimeoutNow(_ to: NodeID) { send(Message(kind: .timeoutNow, to: to)) }
+    func sendTimeoutNow(_ to: NodeID) {
+        // The transferee's campaign overrides the voters' leases, at any time from now on: no lease reads for
+        // the rest of this term.
+        leaseRevoked = true
+        send(Message(kind: .timeoutNow, to: to))
+    }
 
     // MARK: - Membership
 

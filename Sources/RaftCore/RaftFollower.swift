@@ -79,7 +79,8 @@ extension Raft {
 
     func handleHeartbeat(_ m: Message) {
         log.commitTo(m.commit)
-        send(Message(kind: .heartbeatResponse, to: m.from, context: m.context))
+        // `index` is the leader's lease round (0: none), echoed.
+        send(Message(kind: .heartbeatResponse, to: m.from, index: m.index, context: m.context))
     }
 
     /// Reassembles an InstallSnapshot transfer chunk by chunk; each chunk is acknowledged with the next offset

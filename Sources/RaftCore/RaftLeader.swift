@@ -45,13 +45,38 @@ extension Raft {
     }
 
     func bcastHeartbeat(context: [UInt8]) {
-        for member in tracker.memberIDs where member != id { sendHeartbeat(to: member, context: context) }
+        let round = startLeaseRound()
+        for member in tracker.memberIDs where member != id { sendHeartbeat(to: member, context: context, leaseRound: round) }
     }
 
-    func sendHeartbeat(to: NodeID, context: [UInt8]) {
+    func sendHeartbeat(to: NodeID, context: [UInt8], leaseRound: UInt64 = 0) {
         // Never tell a follower to commit beyond what it is known to hold.
         let commit = min(tracker.progress[to]?.match ?? 0, log.committed)
-        send(Message(kind: .heartbeat, to: to, commit: commit, context: context))
+        send(Message(kind: .heartbeat, to: to, index: leaseRound, commit: commit, context: context))
+    }
+
+    // MARK: - Lease reads
+
+    /// Numbers a heartbeat round and records when it is sent, when lease reads are on and the caller passed a
+    /// clock; 0 (no round) otherwise.
+    func startLeaseRound() -> UInt64 {
+        guard config.leaseNanos > 0, let now = clock, !leaseRevoked else { return 0 }
+        let round = nextLeaseRound
+        nextLeaseRound += 1
+        if leaseRounds.count == Self.leaseRoundsMax { leaseRounds.removeFirst() }
+        leaseRounds.append((round, now))
+        return round
+    }
+
+    /// Whether this leader holds its lease at `now`: a quorum (itself included) acknowledged a round sent less
+    /// than `leaseNanos` ago, it has committed an entry of its term, and it is not handing leadership over.
+    func holdsLease(at now: UInt64) -> Bool {
+        guard config.leaseNanos > 0, role == .leader, !leaseRevoked, leadTransferee == noNode,
+              committedEntryInCurrentTerm else { return false }
+        let round = tracker.voters.committedIndex { $0 == id ? UInt64.max : leaseAcks[$0] }
+        guard round > 0, round != UInt64.max, let sent = leaseRounds.last(where: { $0.round == round }) else { return false }
+        if bugs.contains(.unboundedLease) { return true }
+        return now >= sent.sentAt && now - sent.sentAt < config.leaseNanos
     }
 
     /// Sends an append (or starts a snapshot) to `to` unless flow control holds it back. Returns whether a
@@ -176,6 +201,11 @@ extension Raft {
             respondToReadIndex(m, index: log.committed)
             return
         }
+        if let now = clock, holdsLease(at: now) {
+            // No other leader can exist yet: the commit index is the newest.
+            respondToReadIndex(m, index: log.committed)
+            return
+        }
         startReadIndex(m)
     }
 
@@ -249,6 +279,7 @@ extension Raft {
         case .heartbeatResponse:
             pr.recentActive = true
             pr.probeSent = false
+            if m.index > 0, m.index < nextLeaseRound, m.index > leaseAcks[m.from] ?? 0 { leaseAcks[m.from] = m.index }
             tracker.progress[m.from] = pr
             if pr.state == .snapshot {
                 // Snapshot chunks are retransmitted at the heartbeat rate until acknowledged.

@@ -97,6 +97,14 @@ public final class RawNode {
     /// Advances the logical clock by one tick (heartbeats, election timeouts).
     public func tick() { raft.tick() }
 
+    /// `tick()`, telling the node the time (`Config.leaseNanos`): a leader's heartbeats sent now count towards
+    /// its lease. `now` is nanoseconds of a monotonic clock, never smaller than in an earlier call.
+    public func tick(now: UInt64) {
+        raft.clock = now
+        defer { raft.clock = nil }
+        raft.tick()
+    }
+
     /// Starts an election now (as if the election timeout had elapsed).
     public func campaign() { raft.step(Message(kind: .hup, from: raft.id)) }
 
@@ -168,6 +176,22 @@ public final class RawNode {
     /// read may be served once the state machine has applied its index. `context` must be unique among pending
     /// reads. Followers forward the request to the leader.
     public func readIndex(context: [UInt8]) throws(ProposalError) {
+        try readIndex(context: context, clock: nil)
+    }
+
+    /// `readIndex(context:)`, telling the node the time (as `tick(now:)`): a leader that holds its lease
+    /// (`Config.leaseNanos`) makes the read safe at once, with no heartbeat round.
+    public func readIndex(context: [UInt8], now: UInt64) throws(ProposalError) {
+        try readIndex(context: context, clock: now)
+    }
+
+    /// Whether this node is a leader holding its lease at `now` (`Config.leaseNanos`): a read now would be
+    /// safe at once.
+    public func holdsLease(now: UInt64) -> Bool { raft.holdsLease(at: now) }
+
+    private func readIndex(context: [UInt8], clock: UInt64?) throws(ProposalError) {
+        raft.clock = clock
+        defer { raft.clock = nil }
         if raft.role == .leader {
             guard !raft.readIndexQueue.isFull, raft.pendingReadIndexMessages.count < raft.config.readIndexRequestsMax
             else { throw ProposalError(.readIndexQueueFull, "\(raft.config.readIndexRequestsMax) reads pending") }

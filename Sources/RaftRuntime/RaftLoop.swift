@@ -17,6 +17,8 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
     private var inbox: Inbox<Machine>?
     private var ticker: RepeatedTask?
     private var isFinished = false
+    /// The monotonic clock the core judges leases by (`clockNanos`) counts from here.
+    private let clockOrigin = ContinuousClock.now
 
     private var applied: UInt64
     private var lastSnapshotIndex: UInt64
@@ -115,7 +117,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         }
         let now = ContinuousClock.now
         if tick {
-            node.tick()
+            node.tick(now: clockNanos(now))
             expire(now)
         }
         for event in events { handle(event, now: now) }
@@ -127,6 +129,11 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
             logger.critical("Raft storage failed; this replica stops", metadata: ["error": "\(error)"])
             finish(error)
         }
+    }
+
+    /// Nanoseconds of the monotonic clock since this loop was made (the core's lease clock).
+    private func clockNanos(_ instant: ContinuousClock.Instant) -> UInt64 {
+        UInt64(max(0, (instant - clockOrigin).wholeNanoseconds))
     }
 
     /// Stops for good: fails everything still waiting, and tells the inbox.
@@ -221,7 +228,7 @@ final class RaftLoop<Machine: ReplicatedStateMachine>: @unchecked Sendable {
         let serial = nextSerial
         nextSerial += 1
         do {
-            try node.readIndex(context: CommandEnvelope.serialBytes(serial))
+            try node.readIndex(context: CommandEnvelope.serialBytes(serial), now: clockNanos(.now))
             readsWaitingForIndex[serial] = (readBatch, now + configuration.requestTimeout)
         } catch {
             let failure = map(error)

@@ -50,6 +50,14 @@ public struct RaftNodeConfiguration: Sendable {
     /// The core's `broadcastsCommit`. Off: followers learn a new commit index from the next append or heartbeat
     /// instead of an empty append of its own, which halves the peer messages of a lone proposal.
     public var broadcastsCommit = false
+    /// Lease reads (the core's `leaseNanos`): a leader that a quorum acknowledged within the
+    /// lease answers reads at once instead of after a heartbeat round (~0.13 vs ~0.26 ms per
+    /// `cairn meta` stat here). The lease is `leaseFraction` of the time in which the followers
+    /// that acknowledged it could elect another leader, (electionTicks − 1) ticks: the rest is the
+    /// margin for the clocks of different hosts running at different rates. It is judged by the
+    /// monotonic clock at the moment of each read, so a leader whose process stalls does not
+    /// trust a lease it no longer holds. 0 turns lease reads off.
+    public var leaseFraction = 0.8
     /// Seed for the randomized election timeout.
     public var randomSeed: UInt64
 
@@ -66,6 +74,7 @@ public struct RaftNodeConfiguration: Sendable {
         guard peers[id] != nil else { throw CairnError(.invalidArgument, "the peer list must include this node (\(id))") }
         guard (0...65535).contains(raftPort) else { throw CairnError(.invalidArgument, "raftPort must be 0...65535") }
         guard tickInterval >= .milliseconds(1) else { throw CairnError(.invalidArgument, "tickInterval must be at least 1 ms") }
+        guard (0...0.9).contains(leaseFraction) else { throw CairnError(.invalidArgument, "leaseFraction must be 0...0.9") }
         guard snapshotEveryEntries > 0, snapshotEntriesMax >= snapshotEveryEntries else {
             throw CairnError(.invalidArgument, "snapshotEveryEntries must be positive and at most snapshotEntriesMax")
         }
@@ -93,6 +102,7 @@ public struct RaftNodeConfiguration: Sendable {
         config.uncommittedEntriesBytesMax = uncommittedEntriesBytesMax
         config.snapshotChunkBytesMax = snapshotChunkBytesMax
         config.broadcastsCommit = broadcastsCommit
+        config.leaseNanos = UInt64(Double(Int64(electionTicks - 1) * tickInterval.wholeNanoseconds) * leaseFraction)
         config.randomSeed = randomSeed
         return config
     }

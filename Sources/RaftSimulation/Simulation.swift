@@ -26,6 +26,9 @@ public final class Simulation {
     /// Each node's clock runs at its own rate (drift within 0.7×–1.5×): correct Raft does not care, a leader that
     /// trusts a lease does.
     private var tickMicrosPerNode: [UInt64] = []
+    /// Lease reads (half the seeds): each node's monotonic clock runs at its own rate, within ±1 % of the
+    /// virtual clock (per mille here); nil when the run has no lease reads.
+    private var clockRatePerMille: [UInt64]?
     /// Receives one line per event when set (replaying a failing seed with `--trace`).
     public var trace: ((String) -> Void)?
     private var staleLeaderMarked = Set<UInt64>()
@@ -84,9 +87,15 @@ public final class Simulation {
         // Half the seeds run with commit broadcasts (etcd's way), half without (the runtime's default). Taken
         // from the seed, not the generator, so that every other choice of a seed stays what it was.
         let broadcastsCommit = (options.seed >> 1) & 1 == 0
+        // Half the seeds run with lease reads. The lease is shorter than the time in which followers that
+        // acknowledged a leader could elect another: electionTicks − 1 of the fastest ticks this simulator ever
+        // gives a node (0.5 × tickMicros, see the clock drift fault), less 10 % for the clocks' drift.
+        let leaseReads = (options.seed >> 2) & 1 == 0
+        let electionTicks = 10
+        let leaseNanos = leaseReads ? UInt64(electionTicks - 1) * options.tickMicros / 2 * 9 / 10 * 1_000 : 0
         for id in 1...UInt64(options.nodeCount + 1) {
             var config = Config(id: id)
-            config.electionTicks = 10
+            config.electionTicks = electionTicks
             config.heartbeatTicks = 2
             config.messageBytesMax = messageBytesMax
             config.inflightMessagesMax = inflightMessagesMax
@@ -97,14 +106,21 @@ public final class Simulation {
             config.broadcastsCommit = broadcastsCommit
             config.randomSeed = random.next()
             config.plantedBugs = options.plantedBugs
+            config.leaseNanos = leaseNanos
             nodeConfigs.append(config)
             let conf = id <= UInt64(options.nodeCount) ? founders : nil
             nodes.append(SimulatedNode(id: id, disk: SimulatedDisk(founder: conf), config: config))
             tickMicrosPerNode.append(options.tickMicros * UInt64(random.int(in: 70...150)) / 100)
         }
+        if leaseReads { clockRatePerMille = nodes.map { _ in UInt64(random.int(in: 990...1010)) } }
         for c in 0..<options.clientCount {
             clients.append(ClientState(id: c, leaderGuess: UInt64(random.int(in: 1...options.nodeCount))))
         }
+    }
+
+    /// Node `id`'s monotonic clock in nanoseconds (lease reads), or nil.
+    private func clock(of id: NodeID) -> UInt64? {
+        clockRatePerMille.map { now * $0[Int(id) - 1] }
     }
 
     private var allIDs: [NodeID] { nodes.map(\.id) }
@@ -177,7 +193,7 @@ public final class Simulation {
         case .tick(let id, let incarnation):
             let n = node(id)
             guard n.up, n.incarnation == incarnation else { return }
-            n.raw.tick()
+            if let clock = clock(of: id) { n.raw.tick(now: clock) } else { n.raw.tick() }
             drive(n)
             scheduleTick(n, after: tickMicrosPerNode[Int(id) - 1])
         case .deliver(let m):
@@ -536,7 +552,14 @@ public final class Simulation {
         case .get:
             guard n.pendingReads.count < pendingPerNodeMax else { return reply(from: n, request, .notLeader(n.id)) }
             let context = Array("\(request.client).\(request.sequence).\(request.attempt)".utf8)
-            do { try n.raw.readIndex(context: context) } catch {
+            do {
+                if let clock = clock(of: n.id) {
+                    if n.raw.holdsLease(now: clock) { mark("read by lease") }
+                    try n.raw.readIndex(context: context, now: clock)
+                } else {
+                    try n.raw.readIndex(context: context)
+                }
+            } catch {
                 return reply(from: n, request, .notLeader(error.leaderHint))
             }
             n.pendingReads.append(SimulatedNode.PendingRead(context: context, request: request, readIndex: nil))

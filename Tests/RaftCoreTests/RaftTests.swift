@@ -327,6 +327,131 @@ import Testing
         #expect(c.nodes[1]!.readStates.count == 1)
     }
 
+    // MARK: - Lease reads
+
+    /// A 3-node cluster with lease reads (1,000 ns) where node 1 leads, past every node's start-up quiet time.
+    func leaseCluster(leaseNanos: UInt64 = 1_000) -> TestCluster {
+        let c = TestCluster()
+        c.bootstrap(voters: [1, 2, 3]) { $0.leaseNanos = leaseNanos }
+        // Nodes ignore votes for their first electionTicks ticks: an election before then fails.
+        c.node(1).campaign()
+        c.stabilize()
+        #expect(c.leaders().isEmpty)
+        for id in c.ids { c.tick(id, times: c.nodes[id]!.config.electionTicks - 1) }
+        c.stabilize()
+        for id in [2, 3] as [NodeID] { c.tick(id, times: 1) }
+        c.node(1).campaign()
+        c.stabilize()
+        #expect(c.leaders() == [1])
+        return c
+    }
+
+    /// A heartbeat round at `now` from the leader, acknowledged by whoever is reachable.
+    func beat(_ c: TestCluster, now: UInt64) {
+        for _ in 0..<c.nodes[1]!.config.heartbeatTicks { c.node(1).tick(now: now) }
+        c.stabilize()
+    }
+
+    @Test func aLeaderHoldingItsLeaseAnswersReadsWithoutAHeartbeatRound() throws {
+        let c = leaseCluster()
+        // No round acknowledged yet: the read takes a heartbeat round.
+        try c.node(1).readIndex(context: Array("r0".utf8), now: 10)
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.isEmpty)
+        #expect(!(c.inbox[2] ?? []).isEmpty)
+        c.stabilize()
+        #expect(c.nodes[1]!.readStates.count == 1)
+        beat(c, now: 100)
+        // Within the lease: safe at once, nothing sent.
+        try c.node(1).readIndex(context: Array("r1".utf8), now: 1_099)
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.last == ReadState(index: 2, context: Array("r1".utf8)))
+        #expect((c.inbox[2] ?? []).isEmpty && (c.inbox[3] ?? []).isEmpty)
+        // Past it (the round was sent at 100): a heartbeat round again.
+        try c.node(1).readIndex(context: Array("r2".utf8), now: 1_100)
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.count == 2)
+        #expect(!(c.inbox[2] ?? []).isEmpty)
+        c.stabilize()
+        #expect(c.nodes[1]!.readStates.count == 3)
+        // Without a clock there is no lease.
+        beat(c, now: 2_000)
+        try c.node(1).readIndex(context: Array("r3".utf8))
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.count == 3)
+    }
+
+    @Test func aLeaseNeedsAQuorumOfAcknowledgements() throws {
+        let c = leaseCluster()
+        c.isolate(2)
+        c.isolate(3)
+        beat(c, now: 100)
+        try c.node(1).readIndex(context: Array("alone".utf8), now: 200)
+        c.stabilize()
+        #expect(c.nodes[1]!.readStates.isEmpty)
+        // One follower back is a quorum with the leader.
+        c.heal()
+        c.isolate(3)
+        beat(c, now: 300)
+        try c.node(1).readIndex(context: Array("two".utf8), now: 400)
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.count == 2, "the pending read completed with the round, the new one by lease")
+    }
+
+    @Test func aLeaderThatStartsATransferGivesUpItsLeaseForTheTerm() throws {
+        let c = leaseCluster()
+        beat(c, now: 100)
+        c.node(1).transferLeadership(to: 2)
+        // Transferring: no lease (and the read waits for a heartbeat round).
+        try c.node(1).readIndex(context: Array("t".utf8), now: 150)
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.isEmpty)
+        c.drop(to: 2)
+        c.drop(to: 3)
+        // MsgTimeoutNow was sent (the transferee was up to date): even if the transfer seems to fail,
+        // the lease stays given up for the term.
+        c.isolate(2)
+        c.tick(1, times: c.nodes[1]!.config.electionTicks)
+        c.heal()
+        #expect(c.node(1).status.role == .leader)
+        beat(c, now: 500)
+        // That round completed the read waiting for one; the next read waits for another.
+        #expect(c.nodes[1]!.readStates.map(\.context) == [Array("t".utf8)])
+        try c.node(1).readIndex(context: Array("after".utf8), now: 501)
+        c.processReady(1)
+        #expect(c.nodes[1]!.readStates.count == 1)
+        c.stabilize()
+        #expect(c.nodes[1]!.readStates.count == 2)
+    }
+
+    @Test func withLeaseReadsARestartedNodeIgnoresVotesForAnElectionTimeout() throws {
+        let c = leaseCluster()
+        c.restart(3)
+        // Node 2 asks for votes (forcing a campaign): 3, just restarted, ignores it; 1 is the live leader and
+        // ignores it too, so 2 cannot win.
+        c.isolate(1)
+        c.tickElection(2)
+        c.stabilize()
+        #expect(c.node(2).status.role != .leader)
+        // Once 3 has ticked an election timeout, it votes.
+        c.tick(3, times: c.nodes[3]!.config.electionTicks)
+        c.tickElection(2)
+        c.stabilize()
+        #expect(c.node(2).status.role == .leader)
+    }
+
+    @Test func leaseReadsNeedCheckQuorumAndPreVote() {
+        var config = Config(id: 1)
+        config.leaseNanos = 1
+        config.checkQuorum = false
+        #expect(throws: ConfigError.self) { try config.validate() }
+        config.checkQuorum = true
+        config.preVote = false
+        #expect(throws: ConfigError.self) { try config.validate() }
+        config.preVote = true
+        #expect(throws: Never.self) { try config.validate() }
+    }
+
     // MARK: - Leadership transfer
 
     @Test func transferToAnUpToDateFollower() {

@@ -22,7 +22,7 @@ import Testing
         // The faults must actually happen (code probes): otherwise a clean sweep proves nothing.
         for probe in ["crash", "crash lost unsynced writes", "partition", "leader isolated", "snapshot installed",
                       "conf change applied", "read served", "message duplicated", "log compacted",
-                      "leader transfer requested", "write indeterminate", "clock drift"] {
+                      "leader transfer requested", "write indeterminate", "clock drift", "read by lease"] {
             #expect((summary.coverage[probe] ?? 0) > 0, "probe \(probe) never reached")
         }
     }
@@ -41,6 +41,7 @@ import Testing
         ("unpersisted-vote", 3, 20),
         ("no-uptodate-check", 3, 200),
         ("stale-local-read", 3, 400),
+        ("unbounded-lease", 3, 600),
         ("figure8-commit", 3, 2400),
     ])
     func plantedBugIsFound(name: String, nodes: Int, seedsMax: Int) throws {
