@@ -44,7 +44,8 @@ public final class FuseMount: Service, Sendable {
         /// libfuse worker threads at most, and idle ones kept.
         public var threadsMax = 16
         public var idleThreadsMax = 4
-        /// Read each caller's supplementary groups (`fuse_req_getgroups`, a /proc read per request).
+        /// Read each caller's supplementary groups (`fuse_req_getgroups`, a /proc read per request;
+        /// not for root).
         public var resolvesSupplementaryGroups = true
         /// Supplementary groups read per caller at most; the rest are ignored.
         public var supplementaryGroupsMax = 64

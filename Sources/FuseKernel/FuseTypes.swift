@@ -243,8 +243,8 @@ public struct FuseRequestContext: Sendable, Hashable {
     /// The caller's umask (already applied by the kernel to create modes).
     public var umask: UInt32
     /// Supplementary groups, from `/proc/PID/task/TID/status` via `fuse_req_getgroups`; at most
-    /// `FuseMount.Options.supplementaryGroupsMax`; empty when the mount does not resolve them or
-    /// the caller has exited.
+    /// `FuseMount.Options.supplementaryGroupsMax`; empty when the mount does not resolve them, the
+    /// caller is root (uid 0, whose groups no permission decision consults), or it has exited.
     public var groups: [UInt32]
 
     public init(uid: UInt32, gid: UInt32, pid: Int32, umask: UInt32 = 0o022, groups: [UInt32] = []) {

@@ -31,6 +31,21 @@ import Testing
                 }
                 // The connection stays usable: the next answer is matched to the next request.
                 if expected != nil { #expect(try await client.get(id) == expected) }
+                // Pipelined gets (each hashed beside the event loop while others wait) are checked alike.
+                let results = await withTaskGroup(of: Result<ByteBuffer, CairnError>.self) { group in
+                    for _ in 0..<6 {
+                        group.addTask {
+                            do { return .success(try await client.get(id)) } catch { return .failure(error as! CairnError) }
+                        }
+                    }
+                    return await group.reduce(into: []) { $0.append($1) }
+                }
+                for result in results {
+                    switch result {
+                    case .success(let bytes): #expect(bytes == expected, "pipelined: bytes that do not hash to the ID came back")
+                    case .failure(let error): #expect(expected == nil && error.code == .corrupt, "pipelined: \(error)")
+                    }
+                }
                 await client.close()
             }
         }
