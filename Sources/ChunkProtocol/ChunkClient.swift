@@ -263,8 +263,6 @@ final class ResponseHandler: ChannelInboundHandler {
     /// The response being received; `hashing` when its request asked for the body's hash.
     private var current: (requestID: UInt64, response: ChunkResponse, body: ByteBuffer?, hashing: Hashing)?
     private enum Hashing { case no, onLoop, offLoop }
-    /// Requests waiting for their response whose body is to be hashed.
-    private var hashedWaiting = 0
     /// Hashed bodies being received right now, over every connection of the process.
     private static let hashedBodiesReceiving = Atomic<Int>(0)
     /// The body length of the frame in `current`, from its preamble.
@@ -288,13 +286,10 @@ final class ResponseHandler: ChannelInboundHandler {
             return
         }
         waiting[requestID] = (promise, hashingBody)
-        if hashingBody { hashedWaiting += 1 }
     }
 
     func fail(_ requestID: UInt64, _ error: CairnError) {
-        guard let waiter = waiting.removeValue(forKey: requestID) else { return }
-        if waiter.hashingBody { hashedWaiting -= 1 }
-        waiter.promise.fail(error)
+        waiting.removeValue(forKey: requestID)?.promise.fail(error)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -305,7 +300,8 @@ final class ResponseHandler: ChannelInboundHandler {
                 var hashing = Hashing.no
                 if waiting[preamble.requestID]?.hashingBody == true {
                     let othersReceiving = Self.hashedBodiesReceiving.add(1, ordering: .relaxed).oldValue
-                    hashing = hashedWaiting > 1 && othersReceiving == 0 ? .offLoop : .onLoop
+                    let pipelinedBehind = waiting.contains { $0.key != preamble.requestID && $0.value.hashingBody }
+                    hashing = pipelinedBehind && othersReceiving == 0 ? .offLoop : .onLoop
                 }
                 current = (preamble.requestID, response, nil, hashing)
                 bodyLength = preamble.bodyLength
@@ -344,7 +340,6 @@ final class ResponseHandler: ChannelInboundHandler {
                 return
             }
             guard let waiter = waiting.removeValue(forKey: done.requestID) else { return }
-            if waiter.hashingBody { hashedWaiting -= 1 }
             var received = ReceivedResponse(response: done.response, body: done.body, bodyHash: nil)
             switch done.hashing {
             case .no:
@@ -376,7 +371,6 @@ final class ResponseHandler: ChannelInboundHandler {
         if failure == nil { failure = error }
         let pending = waiting
         waiting.removeAll()
-        hashedWaiting = 0
         if let receiving = current, receiving.hashing != .no { Self.hashedBodiesReceiving.subtract(1, ordering: .relaxed) }
         current = nil
         for id in pending.keys.sorted() { pending[id]!.promise.fail(error) }

@@ -436,7 +436,7 @@ public final class ChunkStore: Sendable {
                 try checkBlocks(UnsafeRawBufferPointer(piece), blocks: blocks, from: start, against: sums, of: id)
                 first = blocks.upperBound
             }
-            return CheckedChunkFile(id: id, length: size, descriptor: OwnedFileDescriptor(fd))
+            return CheckedChunkFile(length: size, descriptor: OwnedFileDescriptor(fd))
         } catch {
             try? fd.close()
             throw error
@@ -683,7 +683,6 @@ public final class ChunkStore: Sendable {
 /// A chunk file checked whole against its block checksums (`ChunkStore.openChecked`), open
 /// for whoever sends its first `length` bytes (and then closes `descriptor`).
 public struct CheckedChunkFile: Sendable {
-    public let id: ChunkID
     public let length: Int
     public let descriptor: OwnedFileDescriptor
 }
