@@ -30,9 +30,7 @@ struct KVCommand: AsyncParsableCommand {
         var raftPort: Int = 0
         @Option(help: "TCP port for clients' pipelined puts and gets, on the host of --listen (0: any free port; clients ask for it over gRPC). Fix it where a firewall must let it through.")
         var pipelinePort: Int = 0
-        @Option(help: "Milliseconds per Raft tick. Every replica must use the same value: leader leases rely on it.") var tickMs: Int = 20
-        @Option(help: "Lease reads: a leader answers reads without a heartbeat round for this fraction of the 9 ticks in which no other leader can be elected (the rest allows for clock drift between hosts); 0 turns them off.")
-        var leaseFraction: Double = 0.8
+        @OptionGroup var timing: RaftTimingOptions
         @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Entries kept behind a snapshot for followers a little behind.") var entriesBehindSnapshot: UInt64 = 1_000
         @OptionGroup var logging: LoggingOptions
@@ -45,8 +43,7 @@ struct KVCommand: AsyncParsableCommand {
         func run() async throws {
             let logger = logging.makeLogger(label: "cairn.kv.\(id)")
             var configuration = RaftNodeConfiguration(id: id, peers: try parsePeers(peers), directory: FilePath(data), bootstrap: bootstrap)
-            configuration.tickInterval = .milliseconds(tickMs)
-            configuration.leaseFraction = leaseFraction
+            timing.apply(to: &configuration)
             configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
             configuration.snapshotEntriesMax = max(configuration.snapshotEntriesMax, snapshotEntries)

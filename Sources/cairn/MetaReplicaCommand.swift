@@ -33,9 +33,7 @@ struct MetaReplicaCommand: AsyncParsableCommand {
         var raftPort: Int = 0
         @Option(help: "TCP port for clients' pipelined namespace operations, on the host of --listen (0: any free port; clients ask for it over gRPC). Fix it where a firewall must let it through.")
         var pipelinePort: Int = 0
-        @Option(help: "Milliseconds per Raft tick (election timeout is 10 ticks). Every replica must use the same value: leader leases rely on it.") var tickMs: Int = 20
-        @Option(help: "Lease reads: a leader answers reads without a heartbeat round for this fraction of the 9 ticks in which no other leader can be elected (the rest allows for clock drift between hosts); 0 turns them off.")
-        var leaseFraction: Double = 0.8
+        @OptionGroup var timing: RaftTimingOptions
         @Option(help: "Snapshot after at least this many applied entries, once the log since the last snapshot is as large as it.") var snapshotEntries: UInt64 = 10_000
         @Option(help: "Seconds a client session lives without heartbeats is chosen by the client; how often the leader ends expired ones (seconds).")
         var sessionExpiryInterval: Int = 2
@@ -46,14 +44,13 @@ struct MetaReplicaCommand: AsyncParsableCommand {
             guard HostPort(listen) != nil else { throw ValidationError("--listen must be HOST:PORT") }
             let members = try parsePeers(peers)
             guard members[id] != nil else { throw ValidationError("--peers must include this replica (\(id))") }
-            guard tickMs > 0, sessionExpiryInterval > 0, chunkserverLiveSeconds > 0 else { throw ValidationError("intervals must be positive") }
+            guard sessionExpiryInterval > 0, chunkserverLiveSeconds > 0 else { throw ValidationError("intervals must be positive") }
         }
 
         func run() async throws {
             let logger = logging.makeLogger(label: "cairn.meta.\(id)")
             var configuration = RaftNodeConfiguration(id: id, peers: try parsePeers(peers), directory: FilePath(data), bootstrap: bootstrap)
-            configuration.tickInterval = .milliseconds(tickMs)
-            configuration.leaseFraction = leaseFraction
+            timing.apply(to: &configuration)
             configuration.raftPort = raftPort
             configuration.snapshotEveryEntries = snapshotEntries
             configuration.snapshotEntriesMax = max(configuration.snapshotEntriesMax, snapshotEntries)
