@@ -341,12 +341,7 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
                 await leaving.close()
             }
             #expect(try await client.get(id) == bytes)
-            var open = openChunkFiles()
-            for _ in 0..<100 where open > 0 {
-                try await Task.sleep(for: .milliseconds(20))
-                open = openChunkFiles()
-            }
-            #expect(open == 0)
+            #expect(await eventually(timeout: .seconds(2)) { openChunkFiles() == 0 }, "open chunk files: \(openChunkFiles())")
             await client.close()
         }
     }
