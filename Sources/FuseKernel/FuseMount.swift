@@ -97,6 +97,11 @@ public final class FuseMount: Service, Sendable {
         var session: FuseSession?
         var started = false
         var stopRequested = false
+        /// Whether the session loop is still running. The connection number a busy stop aborts
+        /// after the drain timeout is only ours while it runs: once the detached mount's last
+        /// file closes, the kernel frees the number for the next mount, while `session` stays
+        /// set until the replies in flight are drained (up to `drainTimeout` more).
+        var loopRunning = false
     }
 
     /// Checks the options and the mountpoint; `run()` mounts.
@@ -155,6 +160,7 @@ public final class FuseMount: Service, Sendable {
 
         let threadsMax = options.threadsMax
         let idleThreadsMax = options.idleThreadsMax
+        state.withLock { $0.loopRunning = true }
         let status = await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
                 await Self.onOwnThread { session.loop(threadsMax: threadsMax, idleThreadsMax: idleThreadsMax) }
@@ -165,6 +171,7 @@ public final class FuseMount: Service, Sendable {
             self.stop()
         }
 
+        state.withLock { $0.loopRunning = false }
         // The loop has ended. Replies still in flight go to a connection that is closing; let
         // them finish before the session is freed.
         let clock = ContinuousClock()
@@ -217,10 +224,16 @@ public final class FuseMount: Service, Sendable {
             let drainTimeout = options.drainTimeout
             Task {
                 try? await Task.sleep(for: drainTimeout)
-                guard self.state.withLock({ $0.session != nil }), let connection else { return }
-                logger.warning("aborting the FUSE connection of a detached mount still in use",
-                               metadata: ["mountpoint": "\(mountpoint)", "connection": "\(connection)"])
-                Self.abortConnection(connection, logger: logger)
+                guard let connection else { return }
+                // Under the lock, so the loop's end is not recorded between the check and the abort;
+                // what remains is the moment between the kernel ending the connection and the loop
+                // returning.
+                self.state.withLock { s in
+                    guard s.loopRunning else { return }
+                    logger.warning("aborting the FUSE connection of a detached mount still in use",
+                                   metadata: ["mountpoint": "\(mountpoint)", "connection": "\(connection)"])
+                    Self.abortConnection(connection, logger: logger)
+                }
             }
         case .invalidArgument, .noSuchFileOrDirectory:
             session.exit()  // Already unmounted from outside; the loop is ending.
