@@ -190,6 +190,16 @@ public final class FuseMount: Service, Sendable {
                          metadata: ["requests": "\(stranded)"])
         }
         logger.info("FUSE unmounted", metadata: ["mountpoint": "\(mountpoint)"])
+        if status == -ECONNABORTED {
+            // The kernel ended the connection while a worker was taking a request from it: the
+            // usual end of a detached (busy or `umount -l`) mount whose last file just closed, as
+            // its final RELEASE or FORGET races the teardown. Or someone aborted the connection
+            // through fusectl. Either way the session is over, not failed.
+            if !state.withLock({ $0.stopRequested }) {
+                logger.warning("FUSE connection aborted by the kernel", metadata: ["mountpoint": "\(mountpoint)"])
+            }
+            return
+        }
         if status < 0 {
             throw CairnError(.io, "FUSE session loop at \(mountpoint) failed", cause: String(cString: strerror(-status)))
         }
