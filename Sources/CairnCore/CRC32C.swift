@@ -17,5 +17,17 @@ public enum CRC32C {
         return Array(bytes).withUnsafeBytes { checksum($0, continuing: crc) }
     }
 
+    /// The checksum of each `blockBytes` block of `bytes` (the last may be shorter): the same
+    /// values as `checksum` of each block, computed three blocks at a time (about 3x faster).
+    public static func blocks(_ bytes: UnsafeRawBufferPointer, blockBytes: Int) -> [UInt32] {
+        precondition(blockBytes > 0)
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return [] }
+        let count = (bytes.count + blockBytes - 1) / blockBytes
+        return [UInt32](unsafeUninitializedCapacity: count) { out, initialized in
+            cairn_crc32c_blocks(base, bytes.count, blockBytes, out.baseAddress!)
+            initialized = count
+        }
+    }
+
     public static var isHardwareAccelerated: Bool { cairn_crc32c_is_hardware() != 0 }
 }

@@ -16,11 +16,6 @@ public struct VerifiedBlocks: Equatable, Sendable {
     public func check(_ bytes: UnsafeRawBufferPointer) -> Bool {
         guard blockBytes > 0, bytes.count <= checksums.count * blockBytes, bytes.count > (checksums.count - 1) * blockBytes
         else { return checksums.isEmpty && bytes.isEmpty }
-        for (i, expected) in checksums.enumerated() {
-            let lo = i * blockBytes
-            let hi = min(lo + blockBytes, bytes.count)
-            if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[lo..<hi])) != expected { return false }
-        }
-        return true
+        return CRC32C.blocks(bytes, blockBytes: blockBytes) == checksums
     }
 }

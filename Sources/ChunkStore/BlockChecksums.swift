@@ -88,16 +88,26 @@ public struct BlockChecksums: Equatable, Sendable {
 
         public mutating func append(_ bytes: UnsafeRawBufferPointer) {
             var offset = 0
-            while offset < bytes.count {
-                let take = min(blockBytes - currentBytes, bytes.count - offset)
-                current = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]), continuing: current)
-                currentBytes += take
-                offset += take
+            // Complete the block in progress, then every whole block at once (`CRC32C.blocks`),
+            // then start the next with what is left.
+            if currentBytes > 0 {
+                offset = min(blockBytes - currentBytes, bytes.count)
+                current = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[..<offset]), continuing: current)
+                currentBytes += offset
                 if currentBytes == blockBytes {
                     checksums.append(current)
                     current = 0
                     currentBytes = 0
                 }
+            }
+            let whole = (bytes.count - offset) / blockBytes * blockBytes
+            if whole > 0 {
+                checksums += CRC32C.blocks(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + whole)]), blockBytes: blockBytes)
+                offset += whole
+            }
+            if offset < bytes.count {
+                current = CRC32C.checksum(UnsafeRawBufferPointer(rebasing: bytes[offset...]), continuing: current)
+                currentBytes += bytes.count - offset
             }
             total += bytes.count
         }

@@ -394,7 +394,7 @@ public final class ChunkStore: Sendable {
         let out = try output(stop - start) { (raw) throws(CairnError) in
             precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
             try preadFully(fd, into: raw, at: start, id: id)
-            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, from: start, against: sums, of: id)
+            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, against: sums, of: id)
         }
         return (out, (offset - start)..<(end - start), size,
                 VerifiedBlocks(offset: start, blockBytes: sums.blockBytes, checksums: Array(sums.checksums[blocks])))
@@ -433,7 +433,7 @@ public final class ChunkStore: Sendable {
                 let stop = min(blocks.upperBound * sums.blockBytes, size)
                 let piece = UnsafeMutableRawBufferPointer(rebasing: scratch[..<(stop - start)])
                 try preadFully(fd, into: piece, at: start, id: id)
-                try checkBlocks(UnsafeRawBufferPointer(piece), blocks: blocks, from: start, against: sums, of: id)
+                try checkBlocks(UnsafeRawBufferPointer(piece), blocks: blocks, against: sums, of: id)
                 first = blocks.upperBound
             }
             return CheckedChunkFile(length: size, descriptor: OwnedFileDescriptor(fd))
@@ -443,14 +443,14 @@ public final class ChunkStore: Sendable {
         }
     }
 
-    /// Checks `raw`, the bytes of `blocks` read from offset `start`, against their checksums;
-    /// quarantines the chunk and throws `.corrupt` at the first that fails.
-    fileprivate func checkBlocks(_ raw: UnsafeRawBufferPointer, blocks: Range<Int>, from start: Int,
+    /// Checks `raw`, the bytes of `blocks` (read from the first one's start), against their
+    /// checksums; quarantines the chunk and throws `.corrupt` at the first that fails.
+    fileprivate func checkBlocks(_ raw: UnsafeRawBufferPointer, blocks: Range<Int>,
                                  against sums: BlockChecksums, of id: ChunkID) throws(CairnError) {
-        for block in blocks {
-            let lo = block * sums.blockBytes - start
-            let hi = min(lo + sums.blockBytes, raw.count)
-            if CRC32C.checksum(UnsafeRawBufferPointer(rebasing: raw[lo..<hi])) != sums.checksums[block] {
+        let actual = CRC32C.blocks(raw, blockBytes: sums.blockBytes)
+        precondition(actual.count == blocks.count, "the bytes read cover exactly the blocks checked")
+        for (block, checksum) in zip(blocks, actual) {
+            if checksum != sums.checksums[block] {
                 counters.withLock { $0.corruptReadTotal += 1 }
                 quarantine(id, reason: "a block failed its checksum")
                 throw CairnError(.corrupt, "chunk \(id) is corrupt (block checksum mismatch); quarantined")

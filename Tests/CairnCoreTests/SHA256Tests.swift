@@ -83,6 +83,20 @@ import Testing
         #expect(CRC32C.checksum((0..<32).map { UInt8($0) }) == 0x46DD_794E)
     }
 
+    /// `blocks` (three blocks at a time) gives each block's own checksum, whatever the block
+    /// size (odd ones leave bytes past the last 8-byte word) and however many blocks there are.
+    @Test func blocksEqualEachBlocksOwnChecksum() {
+        let bytes = (0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
+        for blockBytes in [1, 7, 8, 4096, 4097, 10_000] {
+            for length in [0, 1, blockBytes - 1, blockBytes, 2 * blockBytes + 1, 3 * blockBytes, 3 * blockBytes + 5, 7 * blockBytes - 3]
+            where length >= 0 && length <= bytes.count {
+                let part = Array(bytes[..<length])
+                let expected = stride(from: 0, to: length, by: blockBytes).map { CRC32C.checksum(part[$0..<min($0 + blockBytes, length)]) }
+                #expect(part.withUnsafeBytes { CRC32C.blocks($0, blockBytes: blockBytes) } == expected, "block \(blockBytes) length \(length)")
+            }
+        }
+    }
+
     @Test func continuationEqualsOneShot() {
         let bytes = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 7) }
         let split = CRC32C.checksum(bytes[500...], continuing: CRC32C.checksum(bytes[..<500]))

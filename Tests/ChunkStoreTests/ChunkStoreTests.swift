@@ -373,13 +373,18 @@ import Testing
         #expect(BlockChecksums(decoding: sums.encoded(), blockBytesMax: 1 << 22, chunkBytesMax: 1 << 22) == sums)
     }
 
-    @Test func streamingEqualsOneShot() {
-        let bytes = testBytes(count: 10_000, seed: 21)
+    @Test func streamingEqualsOneShotAndEachBlocksOwnChecksum() {
+        let bytes = testBytes(count: 40_000, seed: 21)
+        // Each block checksummed on its own, the plain way.
+        let expected = stride(from: 0, to: bytes.count, by: 4096).map { CRC32C.checksum(bytes[$0..<min($0 + 4096, bytes.count)]) }
         var builder = BlockChecksums.Builder(blockBytes: 4096)
-        for range in [0..<1, 1..<4095, 4095..<4097, 4097..<9000, 9000..<10_000] {
+        // Pieces within a block, across a boundary, and spanning several whole blocks (checksummed
+        // three at a time) with a partial block on either side.
+        for range in [0..<1, 1..<4095, 4095..<4097, 4097..<9000, 9000..<10_000, 10_000..<31_000, 31_000..<32_768, 32_768..<40_000] {
             bytes[range].withUnsafeBytes { builder.append($0) }
         }
-        #expect(builder.finish() == bytes.withUnsafeBytes { BlockChecksums(of: $0, blockBytes: 4096) })
+        #expect(builder.finish().checksums == expected)
+        #expect(bytes.withUnsafeBytes { BlockChecksums(of: $0, blockBytes: 4096) }.checksums == expected)
     }
 
     @Test func malformedFilesAreRejectedNotTrusted() {

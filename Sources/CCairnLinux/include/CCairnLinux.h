@@ -9,6 +9,11 @@
 /// a slicing-by-8 table otherwise. Standard check value: crc32c("123456789") = 0xE3069283.
 uint32_t cairn_crc32c(uint32_t crc, const void *buf, size_t len);
 
+/// The CRC-32C of each `block_bytes` block of `buf` (the last may be shorter) into `out`, which
+/// holds ceil(len / block_bytes) values. Same values as cairn_crc32c(0, block, n) per block,
+/// about 3x faster on hardware (three blocks at a time).
+void cairn_crc32c_blocks(const void *buf, size_t len, size_t block_bytes, uint32_t *out);
+
 /// 1 when cairn_crc32c runs on hardware, 0 on the table fallback.
 int cairn_crc32c_is_hardware(void);
 
