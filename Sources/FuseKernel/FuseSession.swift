@@ -1,5 +1,6 @@
 import CFuse
 import CairnCore
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -10,6 +11,11 @@ import Glibc
 /// Not thread-safe except `exit()`; `FuseMount` owns it and sequences the calls.
 final class FuseSession: @unchecked Sendable {
     private let raw: OpaquePointer
+    /// False once `destroy()` began. `exit()` may come from any thread at any time — `stop()`
+    /// reads the session, unmounts, then calls it, and by then `run()` may have seen the loop
+    /// end and freed the session — so it checks this under the lock that `destroy()` takes
+    /// before freeing: a late `exit()` does nothing instead of writing into freed memory.
+    private let alive = Mutex(true)
     /// The C argument vector given to `fuse_session_new`, kept until destroy.
     private let arguments: [UnsafeMutablePointer<CChar>?]
     private(set) var isMounted = false
@@ -57,7 +63,11 @@ final class FuseSession: @unchecked Sendable {
     }
 
     /// `fuse_session_exit`: the loop stops after the requests it is reading (thread-safe: sets a flag).
-    func exit() { fuse_session_exit(raw) }
+    func exit() {
+        alive.withLock { alive in
+            if alive { fuse_session_exit(raw) }
+        }
+    }
 
     /// `fuse_session_unmount`: closes /dev/fuse and unmounts, unless already unmounted from outside.
     func unmount() {
@@ -68,6 +78,7 @@ final class FuseSession: @unchecked Sendable {
 
     /// `fuse_session_destroy`.
     func destroy() {
+        alive.withLock { $0 = false }
         fuse_session_destroy(raw)
         for argument in arguments { free(argument) }
     }
