@@ -70,6 +70,19 @@ public final class ChunkClient: Sendable {
         try? await channel.close()
     }
 
+    /// A request's deadline: unless `cancel()`ed within `timeout`, the connection is closed,
+    /// which fails every request on it. The connection's event loop keeps it — no task, no
+    /// timer of its own — so a request pays one scheduled task instead of two child tasks.
+    public func deadline(after timeout: Duration) -> ConnectionDeadline {
+        let expired = ConnectionDeadline.Flag()
+        let channel = self.channel
+        let scheduled = channel.eventLoop.scheduleTask(in: .nanoseconds(timeout.wholeNanoseconds)) {
+            expired.value.store(true, ordering: .releasing)
+            channel.close(promise: nil)
+        }
+        return ConnectionDeadline(scheduled: scheduled, flag: expired)
+    }
+
     /// Sends one request and waits for its response. The response's error is thrown.
     public func call(_ request: ChunkRequest, body: ByteBuffer? = nil) async throws(CairnError) -> (ChunkResponse, ByteBuffer?) {
         let received = try await exchange(request, body: body, hashingBody: false)
@@ -224,6 +237,27 @@ public final class ChunkClient: Sendable {
         request.verify.id = id.field
         return Int(try await call(request).0.verify.sizeBytes)
     }
+}
+
+/// A request's deadline on a connection (`ChunkClient.deadline(after:)`).
+public struct ConnectionDeadline: Sendable {
+    final class Flag: Sendable {
+        let value = Atomic<Bool>(false)
+    }
+
+    private let scheduled: Scheduled<Void>
+    private let flag: Flag
+
+    fileprivate init(scheduled: Scheduled<Void>, flag: Flag) {
+        self.scheduled = scheduled
+        self.flag = flag
+    }
+
+    /// The request is done: the connection stays open.
+    public func cancel() { scheduled.cancel() }
+
+    /// Whether the deadline passed (and the connection was closed because of it).
+    public var hasExpired: Bool { flag.value.load(ordering: .acquiring) }
 }
 
 /// Matches response frames to waiting requests. Lives on the channel's event loop.

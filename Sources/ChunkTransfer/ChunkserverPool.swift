@@ -133,40 +133,23 @@ public final class ChunkserverPool: Sendable {
     /// - Throws: `.unavailable` (cannot dial, connection failed, timed out, pool closed), `.busy`
     ///   (every one of `connectionsMax` connections is in use), or what `body` throws.
     public func withClient<T: Sendable>(_ server: HostPort, timeout: Duration? = nil,
-                                        _ body: @escaping @Sendable (ChunkClient) async throws(CairnError) -> T) async throws(CairnError) -> T {
+                                        _ body: (ChunkClient) async throws(CairnError) -> T) async throws(CairnError) -> T {
         let (client, generation) = try await lease(server)
         defer { release(server, generation) }
         let timeout = timeout ?? configuration.requestTimeout
-        // nil: the timeout fired first.
-        let outcome: Result<T, CairnError>? = await withTaskGroup(of: Result<T, CairnError>?.self) { group in
-            group.addTask {
-                do throws(CairnError) {
-                    return .success(try await body(client))
-                } catch {
-                    return .failure(error)
-                }
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = await group.next()!
-            if first == nil {
-                // Closing the connection fails the request in flight, so the body returns now.
-                await client.close()
-            }
-            group.cancelAll()
-            return first
-        }
-        switch outcome {
-        case .success(let value)?:
+        let deadline = client.deadline(after: timeout)
+        do throws(CairnError) {
+            let value = try await body(client)
+            deadline.cancel()
             return value
-        case .failure(let error)?:
+        } catch {
+            deadline.cancel()
+            if deadline.hasExpired {
+                await drop(server, generation)
+                throw CairnError(.unavailable, "chunkserver \(server) did not answer within \(timeout)")
+            }
             if !client.isConnected { await drop(server, generation) }
             throw error
-        case nil:
-            await drop(server, generation)
-            throw CairnError(.unavailable, "chunkserver \(server) did not answer within \(timeout)")
         }
     }
 

@@ -8,6 +8,10 @@ import Synchronization
 import SystemPackage
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// In-process chunkservers on free loopback ports, each on its own directory.
 struct TestCluster: Sendable {
     let servers: [ChunkServer]
@@ -309,6 +313,45 @@ final class Reports: Sendable {
             await pool.close()
             let (id, _) = testChunk(10, seed: 30)
             await #expect(throws: CairnError.self) { _ = try await pool.fetch(id, candidates: cluster.addresses) }
+        }
+    }
+
+    /// A server that takes the connection and never answers: the request fails `.unavailable`
+    /// at its deadline, the connection is closed and dropped, and the next request dials anew.
+    @Test func aRequestToASilentServerFailsAtItsDeadline() async throws {
+        // A listening socket nobody accepts on: the kernel completes the handshake and buffers
+        // the request, and no answer ever comes.
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(listener >= 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { raw in
+                bind(listener, raw, length) == 0 && listen(listener, 16) == 0 && getsockname(listener, raw, &length) == 0
+            }
+        }
+        #expect(bound)
+        let silent = HostPort(host: "127.0.0.1", port: Int(UInt16(bigEndian: address.sin_port)))
+        var configuration = ChunkserverPoolConfiguration()
+        configuration.requestTimeout = .milliseconds(300)
+        try await ChunkserverPool.withPool(configuration: configuration, logger: quietLogger()) { pool in
+            let (id, _) = testChunk(1000, seed: 40)
+            for attempt in 1...2 {
+                let started = ContinuousClock.now
+                do {
+                    _ = try await pool.withClient(silent) { client throws(CairnError) in try await client.get(id) }
+                    Issue.record("a silent server answered")
+                } catch let error as CairnError {
+                    #expect(error.code == .unavailable && error.message.contains("did not answer"), "\(error)")
+                }
+                let waited = ContinuousClock.now - started
+                #expect(waited >= .milliseconds(300) && waited < .seconds(5), "waited \(waited)")
+                #expect(pool.connectedServers.isEmpty, "the timed-out connection is dropped")
+                #expect(pool.stats.dialsTotal == attempt, "each request after a timeout dials again")
+            }
         }
     }
 
