@@ -36,7 +36,8 @@ let package = Package(
         // Shared value types, limits, errors, hashing and checksums.
         .target(
             name: "CairnCore",
-            dependencies: ["CCrypto", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system")],
+            dependencies: ["CCrypto", "CCairnLinux", .product(name: "SystemPackage", package: "swift-system"),
+                           .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
         // The on-disk, content-addressed chunk store (blocking I/O; callers choose the thread).

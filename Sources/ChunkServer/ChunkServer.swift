@@ -154,7 +154,11 @@ public final class ChunkServer: Service, Sendable {
             s.connections[key] = connection.channel
             return true
         }
-        Task {
+        // The connection's requests are read, answered and written on its own event loop: a
+        // range read then costs the thread hops to and from the I/O pool, not also one from the
+        // loop to a pool thread for the request and one back for the answer (every blocking
+        // call of an answer runs on `threadPool`, nothing else heavy runs on the loop).
+        Task(executorPreference: EventLoopTaskExecutor(connection.channel.eventLoop)) {
             if admitted {
                 await self.serve(connection)
             } else {
