@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "ChunkStore",
             dependencies: [
-                "CairnCore",
+                "CairnCore", "CCairnLinux",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],

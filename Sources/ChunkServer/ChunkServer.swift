@@ -415,14 +415,25 @@ public final class ChunkServer: Service, Sendable {
             let offset = Int(get.offset)
             let length = get.length == 0 ? nil : Int(get.length)
             let withChecksums = get.withChecksums
-            let (body, chunkLength, blocks) = try await threadPool.runIfActive { () throws -> (ByteBuffer, Int, VerifiedBlocks) in
-                let read = try store.read(id, offset: offset, length: length, into: Self.byteBuffer(ByteBufferAllocator()))
+            @Sendable func answer(_ read: (output: ByteBuffer, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks))
+                -> (ByteBuffer, Int, VerifiedBlocks) {
                 var body = read.output
                 if !withChecksums {
                     body.moveWriterIndex(to: read.range.upperBound)
                     body.moveReaderIndex(to: read.range.lowerBound)
                 }
                 return (body, read.chunkLength, read.blocks)
+            }
+            // A range of a chunk read recently, in the page cache: read and checked right here,
+            // on the connection's event loop, without a trip to the I/O pool and back.
+            let allocator = ByteBufferAllocator()
+            let (body, chunkLength, blocks): (ByteBuffer, Int, VerifiedBlocks)
+            if let cached = store.readIfCached(id, offset: offset, length: length, into: Self.byteBuffer(allocator)) {
+                (body, chunkLength, blocks) = answer(cached)
+            } else {
+                (body, chunkLength, blocks) = try await threadPool.runIfActive {
+                    answer(try store.read(id, offset: offset, length: length, into: Self.byteBuffer(allocator)))
+                }
             }
             response.get.chunkLength = UInt64(chunkLength)
             response.get.offset = get.offset

@@ -1,3 +1,4 @@
+import CCairnLinux
 import CairnCore
 import Logging
 import Synchronization
@@ -70,13 +71,17 @@ public final class ChunkStore: Sendable {
         /// fsync chunk files and directories before acknowledging a put. Only tests of
         /// non-durability paths turn this off.
         public var syncWrites: Bool
+        /// Chunks kept open after a range read (one descriptor each), for the next range reads
+        /// of them (`readIfCached`); 0 keeps none.
+        public var openChunksMax: Int
 
         public init(directory: FilePath, limits: ChunkLimits = ChunkLimits(), reserveBytes: Int64 = 256 << 20,
-                    syncWrites: Bool = true) {
+                    syncWrites: Bool = true, openChunksMax: Int = 128) {
             self.directory = directory
             self.limits = limits
             self.reserveBytes = reserveBytes
             self.syncWrites = syncWrites
+            self.openChunksMax = openChunksMax
         }
     }
 
@@ -85,6 +90,9 @@ public final class ChunkStore: Sendable {
     let paths: Paths
     private let counters: Mutex<Counters>
     private let tempSequence = Atomic<UInt64>(0)
+    private let openChunks: Mutex<OpenChunks>
+    /// Cleared if the file system refuses RWF_NOWAIT reads: `readIfCached` then always declines.
+    private let nowaitReads = Atomic<Bool>(true)
 
     struct Counters {
         var chunkCount: Int64 = 0
@@ -132,6 +140,10 @@ public final class ChunkStore: Sendable {
         guard configuration.reserveBytes >= 0 else {
             throw CairnError(.invalidArgument, "reserveBytes must not be negative")
         }
+        guard (0...65_536).contains(configuration.openChunksMax) else {
+            throw CairnError(.invalidArgument, "openChunksMax must be in 0...65536")
+        }
+        self.openChunks = Mutex(OpenChunks(limit: configuration.openChunksMax))
         self.configuration = configuration
         self.logger = logger
         self.paths = Paths(root: configuration.directory)
@@ -364,39 +376,85 @@ public final class ChunkStore: Sendable {
     public func read<Output>(_ id: ChunkID, offset: Int, length: Int?,
                              into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
         throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks) {
+        if let open = openChunks.withLock({ $0.get(id) }) {
+            let end = try Self.rangeEnd(offset: offset, length: length, size: open.size, id: id)
+            return try readBlocks(open, id, offset: offset, end: end, into: output)
+        }
         let fd = try openChunk(id)
-        defer { try? fd.close() }
+        var keptOpen = false
+        defer { if !keptOpen { try? fd.close() } }
         let size = try chunkSize(fd, id)
-        guard offset >= 0, offset <= size else {
-            throw CairnError(.invalidArgument, "offset \(offset) is outside chunk \(id) of \(size) bytes")
+        let end = try Self.rangeEnd(offset: offset, length: length, size: size, id: id)
+        if let sums = loadChecksums(id, chunkLength: size) {
+            let open = OpenChunk(fd: fd, size: size, sums: sums)
+            keptOpen = true
+            // Kept before the blocks are checked: one that fails is quarantined, which drops it.
+            openChunks.withLock { $0.insert(id, open) }
+            return try readBlocks(open, id, offset: offset, end: end, into: output)
         }
-        let end = length.map { offset + $0 } ?? size
-        guard let length = length.map({ $0 }) ?? Optional(size - offset), length >= 0, end <= size else {
-            throw CairnError(.invalidArgument, "range \(offset)+\(length ?? -1) is outside chunk \(id) of \(size) bytes")
-        }
-        guard let sums = loadChecksums(id, chunkLength: size) else {
-            // No usable checksum file: verify the whole chunk, rewrite the checksums, serve.
-            let whole = try get(id)
-            let rebuilt = rewriteChecksums(id, bytes: whole)
-            let blocks = rebuilt.blocks(covering: offset..<end)
-            let start = blocks.lowerBound * rebuilt.blockBytes
-            let stop = min(blocks.upperBound * rebuilt.blockBytes, size)
-            let out = try output(stop - start) { (raw) throws(CairnError) in
-                precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
-                whole.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<stop])) }
-            }
-            return (out, (offset - start)..<(end - start), size,
-                    VerifiedBlocks(offset: start, blockBytes: rebuilt.blockBytes, checksums: Array(rebuilt.checksums[blocks])))
-        }
-        let blocks = sums.blocks(covering: offset..<end)
-        let start = blocks.lowerBound * sums.blockBytes
-        let stop = min(blocks.upperBound * sums.blockBytes, size)
+        // No usable checksum file: verify the whole chunk, rewrite the checksums, serve.
+        let whole = try get(id)
+        let rebuilt = rewriteChecksums(id, bytes: whole)
+        let blocks = rebuilt.blocks(covering: offset..<end)
+        let start = blocks.lowerBound * rebuilt.blockBytes
+        let stop = min(blocks.upperBound * rebuilt.blockBytes, size)
         let out = try output(stop - start) { (raw) throws(CairnError) in
             precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
-            try preadFully(fd, into: raw, at: start, id: id)
-            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, against: sums, of: id)
+            whole.withUnsafeBytes { raw.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[start..<stop])) }
         }
         return (out, (offset - start)..<(end - start), size,
+                VerifiedBlocks(offset: start, blockBytes: rebuilt.blockBytes, checksums: Array(rebuilt.checksums[blocks])))
+    }
+
+    /// The same read as `read(_:offset:length:into:)`, but one that never blocks, for an event
+    /// loop: it is served only from a chunk kept open by an earlier range read, only when every
+    /// byte of its blocks is in the page cache (`preadv2` with `RWF_NOWAIT`), and only when the
+    /// blocks check out. Otherwise nil, and the caller does `read` on an I/O thread — which is
+    /// also where a block that fails its checksum is found again and the chunk quarantined.
+    public func readIfCached<Output>(_ id: ChunkID, offset: Int, length: Int?,
+                                     into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
+        -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks)? {
+        guard nowaitReads.load(ordering: .relaxed), let open = openChunks.withLock({ $0.get(id) }),
+              let end = try? Self.rangeEnd(offset: offset, length: length, size: open.size, id: id) else { return nil }
+        let blocks = open.sums.blocks(covering: offset..<end)
+        let start = blocks.lowerBound * open.sums.blockBytes
+        let stop = min(blocks.upperBound * open.sums.blockBytes, open.size)
+        let notCached = CairnError(.unavailable, "not in the page cache")
+        guard let out = try? output(stop - start, { (raw) throws(CairnError) in
+            let n = cairn_pread_nowait(open.fd.rawValue, raw.baseAddress, raw.count, Int64(start))
+            if n < 0 && errno == EOPNOTSUPP { nowaitReads.store(false, ordering: .relaxed) }
+            guard n == raw.count,
+                  CRC32C.blocks(UnsafeRawBufferPointer(raw), blockBytes: open.sums.blockBytes) == Array(open.sums.checksums[blocks])
+            else { throw notCached }
+        }) else { return nil }
+        return (out, (offset - start)..<(end - start), open.size,
+                VerifiedBlocks(offset: start, blockBytes: open.sums.blockBytes, checksums: Array(open.sums.checksums[blocks])))
+    }
+
+    /// The end of the range `offset`, `length` (nil: to the end) in a chunk of `size` bytes.
+    /// - Throws: `.invalidArgument` for a range outside the chunk.
+    private static func rangeEnd(offset: Int, length: Int?, size: Int, id: ChunkID) throws(CairnError) -> Int {
+        let length = length ?? (size - offset)
+        guard offset >= 0, offset <= size, length >= 0, length <= size - offset else {
+            throw CairnError(.invalidArgument, "range \(offset)+\(length) is outside chunk \(id) of \(size) bytes")
+        }
+        return offset + length
+    }
+
+    /// Reads and checks the blocks of an open chunk covering `offset..<end`.
+    private func readBlocks<Output>(_ open: OpenChunk, _ id: ChunkID, offset: Int, end: Int,
+                                    into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
+        throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks) {
+        let sums = open.sums
+        let blocks = sums.blocks(covering: offset..<end)
+        let start = blocks.lowerBound * sums.blockBytes
+        let stop = min(blocks.upperBound * sums.blockBytes, open.size)
+        let out = try output(stop - start) { (raw) throws(CairnError) in
+            precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
+            try preadFully(open.fd, into: raw, at: start, id: id)
+            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, against: sums, of: id)
+        }
+        return (out, (offset - start)..<(end - start), open.size,
                 VerifiedBlocks(offset: start, blockBytes: sums.blockBytes, checksums: Array(sums.checksums[blocks])))
     }
 
@@ -479,6 +537,7 @@ public final class ChunkStore: Sendable {
     /// Deletes a chunk; returns whether it was stored.
     @discardableResult
     public func delete(_ id: ChunkID) throws(CairnError) -> Bool {
+        openChunks.withLock { $0.remove(id) }
         do {
             let removed = try counters.withLock { (c) throws(Errno) -> Bool in
                 guard let st = try FileSystemCalls.status(paths.chunk(id)) else { return false }
@@ -556,6 +615,7 @@ public final class ChunkStore: Sendable {
 
     /// Moves a chunk that failed verification out of the way so it is never served again.
     func quarantine(_ id: ChunkID, reason: String) {
+        openChunks.withLock { $0.remove(id) }
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         let target = paths.quarantine.appending("\(id.hex).\(Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec))")

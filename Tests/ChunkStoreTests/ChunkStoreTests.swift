@@ -100,6 +100,49 @@ import Testing
         }
     }
 
+    /// A range read keeps its chunk open, so later range reads of it are served without
+    /// blocking (`readIfCached`) while its blocks are in the page cache — the same bytes as
+    /// `read` — but never a range outside the chunk, a chunk evicted from the bounded table, a
+    /// deleted one, or blocks that fail their checksums (those are left to `read`, which
+    /// quarantines the chunk).
+    @Test func recentlyReadChunksServeRangesWithoutBlocking() throws {
+        let dir = TestDirectory()
+        var limits = ChunkLimits()
+        limits.checksumBlockBytes = 4096
+        let store = try ChunkStore(configuration: .init(directory: dir.path, limits: limits, reserveBytes: 0, openChunksMax: 2),
+                                   logger: quietLogger())
+        let chunks = (0..<3).map { testBytes(count: 300_000 + $0, seed: 50 + UInt64($0)) }
+        let ids = chunks.map { SHA256.hash($0) }
+        for (id, bytes) in zip(ids, chunks) { try store.put(id: id, bytes: bytes) }
+        func cached(_ id: ChunkID, _ offset: Int, _ length: Int?) -> [UInt8]? {
+            let read = store.readIfCached(id, offset: offset, length: length) { (count, fill) throws(CairnError) -> [UInt8] in
+                var buffer = [UInt8](repeating: 0, count: count)
+                try typedCairnErrors { try buffer.withUnsafeMutableBytes { raw in try fill(raw) } }
+                return buffer
+            }
+            return read.map { Array($0.output[$0.range]) }
+        }
+        #expect(cached(ids[0], 0, 100) == nil, "not read by range yet: not open")
+        #expect(try store.read(ids[0], offset: 70_000, length: 5_000).bytes == Array(chunks[0][70_000..<75_000]))
+        #expect(cached(ids[0], 70_000, 5_000) == Array(chunks[0][70_000..<75_000]))
+        #expect(cached(ids[0], 123_457, nil) == Array(chunks[0][123_457...]))
+        #expect(cached(ids[0], 299_999, 10) == nil, "a range past the end")
+        // The table holds two: reading two more evicts the least recently used.
+        _ = try store.read(ids[1], offset: 0, length: 10)
+        _ = try store.read(ids[2], offset: 0, length: 10)
+        #expect(cached(ids[0], 0, 100) == nil)
+        #expect(cached(ids[2], 10, 20_000) == Array(chunks[2][10..<20_010]))
+        #expect(try store.delete(ids[2]))
+        #expect(cached(ids[2], 10, 20_000) == nil, "a deleted chunk")
+        // A flipped byte, seen through the open descriptor: declined, then found by read.
+        try flipByte(in: dir.path.appending("chunks").appending(String(ids[1].hex.prefix(2))).appending(ids[1].hex), at: 5_000)
+        #expect(cached(ids[1], 4_000, 2_000) == nil)
+        #expect(cached(ids[1], 8_192, 100) == Array(chunks[1][8_192..<8_292]), "a range missing the damaged block")
+        #expect(throws: CairnError.self) { try store.read(ids[1], offset: 4_000, length: 2_000) }
+        #expect(!store.has(ids[1]))
+        #expect(cached(ids[1], 8_192, 100) == nil, "a quarantined chunk")
+    }
+
     @Test func flippedByteIsNeverServedAndTheChunkIsQuarantined() throws {
         for wholeRead in [true, false] {
             let dir = TestDirectory()

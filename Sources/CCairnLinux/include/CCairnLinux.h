@@ -49,6 +49,11 @@ int cairn_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char 
 /// file system does not support O_DIRECT, e.g. tmpfs).
 int cairn_open_direct_dsync(const char *path);
 
+/// preadv2(2) with RWF_NOWAIT: reads only what the page cache holds, never waiting for the
+/// disk. -1 with errno EAGAIN when the first byte is not cached (EOPNOTSUPP where the file
+/// system cannot); a short count when only the start of the range is.
+long cairn_pread_nowait(int fd, void *buf, size_t count, long long offset);
+
 /// lsetxattr(2), lgetxattr(2), llistxattr(2), lremovexattr(2): the <sys/xattr.h> calls,
 /// which Swift's Glibc module does not import. Same results and errno as the calls.
 int cairn_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);
