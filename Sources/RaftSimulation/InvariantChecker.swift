@@ -27,6 +27,10 @@ struct InvariantChecker {
     private var entryFacts: [IndexTerm: EntryFact] = [:]
     /// Committed term per index (0: not recorded), as first observed on any node.
     private var committedTerms: [UInt64] = [0]
+    /// By index: the term an entry was committed in — the lowest term a node was in when it
+    /// first saw the index committed (the committing leader's; followers learn it in that term
+    /// or later). Leader completeness is owed only to leaders of later terms.
+    private var commitTerms: [UInt64] = [0]
     /// State machine safety: the entry applied at each index, and the state digest after it.
     private var appliedEntries: [UInt64: Entry] = [:]
     private var stateDigests: [UInt64: UInt64] = [:]
@@ -123,12 +127,18 @@ struct InvariantChecker {
         if s.commit >= from {
             for i in from...s.commit {
                 guard let t = n.raw.term(at: i) else { continue }
-                while committedTerms.count <= Int(i) { committedTerms.append(0) }
+                while committedTerms.count <= Int(i) {
+                    committedTerms.append(0)
+                    commitTerms.append(0)
+                }
                 let known = committedTerms[Int(i)]
                 if known == 0 {
                     committedTerms[Int(i)] = t
+                    commitTerms[Int(i)] = s.term
                 } else if known != t {
                     return fail("state machine safety", "node \(id) committed \(i)/\(t) but \(i)/\(known) was committed")
+                } else {
+                    commitTerms[Int(i)] = min(commitTerms[Int(i)], s.term)
                 }
             }
         }
@@ -140,12 +150,15 @@ struct InvariantChecker {
             return fail("election safety", "nodes \(other) and \(id) both lead term \(s.term)")
         }
         leaderOfTerm[s.term] = id
-        // Leader completeness: a new leader holds every entry committed so far.
+        // Leader completeness: a new leader holds every entry committed in an earlier term. (A
+        // candidate of an old term may still win with votes cast before a newer term committed
+        // anything — seed 155627: a delayed vote for term 12 after term 13 committed an entry;
+        // it cannot commit or serve anything, as every peer is past its term.)
         if leadersChecked.insert(IndexTerm(index: id, term: s.term)).inserted {
             let lo = max(s.firstIndex, 1)
             let hi = UInt64(committedTerms.count - 1)
             if hi >= lo {
-                for i in lo...hi where committedTerms[Int(i)] != 0 {
+                for i in lo...hi where committedTerms[Int(i)] != 0 && commitTerms[Int(i)] < s.term {
                     let t = n.raw.term(at: i)
                     if t != committedTerms[Int(i)] {
                         return fail("leader completeness", "leader \(id) of term \(s.term) has \(t.map(String.init) ?? "nothing") "

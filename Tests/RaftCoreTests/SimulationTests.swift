@@ -36,6 +36,17 @@ import Testing
         #expect(a.operationsCompleted == b.operationsCompleted)
     }
 
+    /// A candidate of an old term may still win with a vote delivered late, after a newer term
+    /// committed an entry it lacks: legal Raft — leader completeness binds the leaders of later
+    /// terms only, and the stale leader can neither commit nor serve (every peer is past its
+    /// term). Seed 155627 does exactly this (a vote for term 12 arrives after term 13 committed
+    /// index 15); the checker once reported it as a violation.
+    @Test func aLeaderOfAnOlderTermNeedNotHoldANewerTermsEntries() {
+        let result = Simulation(options: SimulationOptions(seed: 155_627, nodeCount: 3, steps: 4000)).run()
+        #expect(result.violation == nil, "\(result.violation.map { "\($0)" } ?? "")")
+        #expect((result.coverage["stale leader coexists with a newer one"] ?? 0) > 0)
+    }
+
     /// For each planted bug, the simulator must find a violation within the CI budget of seeds.
     @Test(arguments: [
         ("unpersisted-vote", 3, 20),
