@@ -82,6 +82,7 @@ let package = Package(
             dependencies: [
                 "CairnCore", "ChunkProtocol", "MetaState",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -134,6 +135,7 @@ let package = Package(
             dependencies: [
                 "FuseKernel", "MetaService", "MetaState", "ChunkTransfer", "Placement", "CairnCore",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),

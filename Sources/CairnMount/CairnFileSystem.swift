@@ -42,9 +42,15 @@ public final class CairnFileSystem: FuseFileSystem {
     ///   getattr for no longer than that.
     /// Metadata requests run on the metadata client's thread (`FuseFileSystem.metadataExecutor`).
     public var metadataExecutor: (any TaskExecutor)? { session.client.executor }
+    /// Reads run on the chunk connections' thread when the pool has one loop (`CairnMountRunner`
+    /// gives it one): a random read's range fetch then goes from the kernel to the wire and
+    /// back without a thread hand-off.
+    public let readExecutor: (any TaskExecutor)?
 
+    /// - Parameter readExecutor: where reads run (see `readExecutor`); nil: the global pool.
     public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, options: CairnMountOptions, attributeTimeout: Duration,
-                logger: Logger) {
+                readExecutor: (any TaskExecutor)? = nil, logger: Logger) {
+        self.readExecutor = readExecutor
         directories = DirectoryAttributes(keptFor: attributeTimeout)
         self.session = session
         self.map = map

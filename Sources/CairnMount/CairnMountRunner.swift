@@ -2,6 +2,7 @@ import CairnCore
 import ChunkTransfer
 import FuseKernel
 import Logging
+import NIOPosix
 import MetaService
 import ServiceLifecycle
 import UnixSignals
@@ -31,9 +32,14 @@ public enum CairnMountRunner {
         try await MetaClient.with(servers: metaServers) { client in
             let map = try await ClusterMap(client: client, replicas: options.replicas, logger: logger)
             let session = try await MetaSession.open(client, ttl: options.sessionTTL)
-            try await ChunkserverPool.withPool(logger: logger) { pool in
+            // The chunk connections on one event loop of their own, where reads also run: a read
+            // that fetches a range sends, receives and answers there without a thread hand-off.
+            let chunkLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            defer { chunkLoop.shutdownGracefully { _ in } }
+            try await ChunkserverPool.withPool(eventLoopGroup: chunkLoop, logger: logger) { pool in
                 let fileSystem = CairnFileSystem(session: session, map: map, pool: pool, options: options,
-                                                 attributeTimeout: .milliseconds(Int64(fuse.attributeTimeout * 1000)), logger: logger)
+                                                 attributeTimeout: .milliseconds(Int64(fuse.attributeTimeout * 1000)),
+                                                 readExecutor: EventLoopTaskExecutor(chunkLoop.next()), logger: logger)
                 let mount = try FuseMount(mountpoint: mountpoint, options: fuse, fileSystem: fileSystem, logger: logger)
                 let group = ServiceGroup(configuration: .init(
                     services: [.init(service: mount, successTerminationBehavior: .gracefullyShutdownGroup),

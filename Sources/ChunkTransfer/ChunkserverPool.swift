@@ -2,6 +2,7 @@ import CairnCore
 import ChunkProtocol
 import Logging
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// The bounds of a client's chunk connections, in one place an operator can read.
@@ -55,6 +56,8 @@ public struct ChunkTransferStats: Sendable, Equatable {
 /// Its lifetime is scoped: `withPool { }`, or `close()` when done.
 public final class ChunkserverPool: Sendable {
     public let configuration: ChunkserverPoolConfiguration
+    /// Where the connections live (their event loops).
+    public let eventLoopGroup: any EventLoopGroup
     let logger: Logger
     private let state = Mutex(State())
     private let counters = Mutex(ChunkTransferStats())
@@ -83,16 +86,19 @@ public final class ChunkserverPool: Sendable {
     }
 
     /// - Throws: `invalidArgument` for an inconsistent configuration.
-    public init(configuration: ChunkserverPoolConfiguration = ChunkserverPoolConfiguration(), logger: Logger) throws(CairnError) {
+    public init(configuration: ChunkserverPoolConfiguration = ChunkserverPoolConfiguration(),
+                eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) throws(CairnError) {
         try configuration.validate()
         self.configuration = configuration
+        self.eventLoopGroup = eventLoopGroup
         self.logger = logger
     }
 
     /// Runs `body` with a pool that is closed when it returns or throws.
-    public static func withPool<T>(configuration: ChunkserverPoolConfiguration = ChunkserverPoolConfiguration(), logger: Logger,
+    public static func withPool<T>(configuration: ChunkserverPoolConfiguration = ChunkserverPoolConfiguration(),
+                                   eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger,
                                    _ body: (ChunkserverPool) async throws -> T) async throws -> T {
-        let pool = try ChunkserverPool(configuration: configuration, logger: logger)
+        let pool = try ChunkserverPool(configuration: configuration, eventLoopGroup: eventLoopGroup, logger: logger)
         return try await withAsyncCleanup { try await body(pool) } cleanup: { await pool.close() }
     }
 
@@ -196,11 +202,12 @@ public final class ChunkserverPool: Sendable {
             let generation = s.nextGeneration
             s.nextGeneration += 1
             let configuration = self.configuration
+            let group = self.eventLoopGroup
             let task = Task { () -> Result<ChunkClient, CairnError> in
                 do throws(CairnError) {
                     return .success(try await ChunkClient.connect(
                         to: server, limits: configuration.limits, requestsInflightMax: configuration.requestsInflightMax,
-                        connectTimeout: configuration.dialTimeout))
+                        connectTimeout: configuration.dialTimeout, group: group))
                 } catch {
                     return .failure(error)
                 }

@@ -48,15 +48,28 @@ final class FuseBridge: Sendable {
         return context
     }
 
+    /// Which executor a request's task prefers.
+    enum Lane {
+        /// The file system's `metadataExecutor`.
+        case metadata
+        /// The global pool: write, flush, release, fsync (they may hash or copy megabytes).
+        case data
+        /// The file system's `readExecutor`.
+        case read
+    }
+
     /// Answers `req` from a new task running `body`; everything `body` uses was copied already.
-    /// A data request (`moves data`: read, write, flush, release, fsync) runs on the global
-    /// pool, any other on the file system's `metadataExecutor`.
-    func dispatch(_ req: fuse_req_t?, _ operation: StaticString, movesData: Bool = false,
+    func dispatch(_ req: fuse_req_t?, _ operation: StaticString, lane: Lane = .metadata,
                   _ body: @escaping @Sendable (any FuseFileSystem, FuseRequestContext) async throws -> FuseReply) {
         let request = FuseRequest(raw: req!)
         let context = self.context(of: req!)
         inflight.add(1, ordering: .relaxed)
-        Task(executorPreference: movesData ? nil : fileSystem.metadataExecutor) { [self] in
+        let executor: (any TaskExecutor)? = switch lane {
+        case .metadata: fileSystem.metadataExecutor
+        case .data: nil
+        case .read: fileSystem.readExecutor
+        }
+        Task(executorPreference: executor) { [self] in
             let reply: FuseReply
             do {
                 reply = try await body(fileSystem, context)

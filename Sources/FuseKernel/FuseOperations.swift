@@ -116,21 +116,21 @@ enum FuseOperations {
         }
         ops.read = { req, node, size, offset, fi in
             let handle = fi!.pointee.fh
-            FuseBridge.of(req).dispatch(req, "read", movesData: true) { fs, context in
+            FuseBridge.of(req).dispatch(req, "read", lane: .read) { fs, context in
                 .bytes(try await fs.read(node: node, handle: handle, offset: Int64(offset), size: size, context: context))
             }
         }
         ops.write = { req, node, buffer, size, offset, fi in
             let handle = fi!.pointee.fh
             let bytes = [UInt8](UnsafeRawBufferPointer(start: buffer, count: size))
-            FuseBridge.of(req).dispatch(req, "write", movesData: true) { fs, context in
+            FuseBridge.of(req).dispatch(req, "write", lane: .data) { fs, context in
                 .written(try await fs.write(node: node, handle: handle, offset: Int64(offset), bytes: bytes, context: context))
             }
         }
         ops.flush = { req, node, fi in
             let handle = fi!.pointee.fh
             let lockOwner = fi!.pointee.lock_owner
-            FuseBridge.of(req).dispatch(req, "flush", movesData: true) { fs, context in
+            FuseBridge.of(req).dispatch(req, "flush", lane: .data) { fs, context in
                 try await fs.flush(node: node, handle: handle, lockOwner: lockOwner, context: context)
                 return .success
             }
@@ -138,14 +138,14 @@ enum FuseOperations {
         ops.release = { req, node, fi in
             let handle = fi!.pointee.fh
             let flags = fi!.pointee.flags
-            FuseBridge.of(req).dispatch(req, "release", movesData: true) { fs, context in
+            FuseBridge.of(req).dispatch(req, "release", lane: .data) { fs, context in
                 try await fs.release(node: node, handle: handle, flags: flags, context: context)
                 return .success
             }
         }
         ops.fsync = { req, node, dataOnly, fi in
             let handle = fi!.pointee.fh
-            FuseBridge.of(req).dispatch(req, "fsync", movesData: true) { fs, context in
+            FuseBridge.of(req).dispatch(req, "fsync", lane: .data) { fs, context in
                 try await fs.fsync(node: node, handle: handle, dataOnly: dataOnly != 0, context: context)
                 return .success
             }
