@@ -42,15 +42,27 @@ public final class CairnFileSystem: FuseFileSystem {
     ///   getattr for no longer than that.
     /// Metadata requests run on the metadata client's thread (`FuseFileSystem.metadataExecutor`).
     public var metadataExecutor: (any TaskExecutor)? { session.client.executor }
-    /// Reads run on the chunk connections' thread when the pool has one loop (`CairnMountRunner`
-    /// gives it one): a random read's range fetch then goes from the kernel to the wire and
-    /// back without a thread hand-off.
-    public let readExecutor: (any TaskExecutor)?
+    /// Where small reads run (see `readExecutor(size:)`).
+    private let smallReadExecutor: (any TaskExecutor)?
+    /// Reads up to this size run on `smallReadExecutor`: the kernel asks for 4 KiB pages of a
+    /// file read at random, and for readahead windows (128 KiB and up) of one read in sequence.
+    public static let smallReadBytesMax = 32 << 10
 
-    /// - Parameter readExecutor: where reads run (see `readExecutor`); nil: the global pool.
-    public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, options: CairnMountOptions, attributeTimeout: Duration,
-                readExecutor: (any TaskExecutor)? = nil, logger: Logger) {
-        self.readExecutor = readExecutor
+    /// Small reads — random ones, whose range fetches go through `rangePool` — run on the
+    /// range pool's event loop: the fetch is sent, its answer received and the kernel answered
+    /// on that one thread. Larger reads (sequential, whole chunks hashed as they arrive) stay on
+    /// the global pool and the main pool's loops.
+    public func readExecutor(size: Int) -> (any TaskExecutor)? {
+        size <= Self.smallReadBytesMax ? smallReadExecutor : nil
+    }
+
+    /// - Parameters:
+    ///   - rangePool: connections for range reads (a 4 KiB random read's blocks), apart from the
+    ///     whole-chunk traffic of `pool`; nil: `pool`.
+    ///   - smallReadExecutor: where small reads run; the event loop of `rangePool`'s connections.
+    public init(session: MetaSession, map: ClusterMap, pool: ChunkserverPool, rangePool: ChunkserverPool? = nil,
+                smallReadExecutor: (any TaskExecutor)? = nil, options: CairnMountOptions, attributeTimeout: Duration, logger: Logger) {
+        self.smallReadExecutor = smallReadExecutor
         directories = DirectoryAttributes(keptFor: attributeTimeout)
         self.session = session
         self.map = map
@@ -59,7 +71,8 @@ public final class CairnFileSystem: FuseFileSystem {
         self.logger = logger
         uploadPermits = AsyncSemaphore(limit: options.uploadsInflightMax)
         let client = session.client
-        cache = ChunkCache(pool: pool, bytesMax: options.chunkCacheBytes, prefetchesInflightMax: max(1, options.readaheadChunks)) { id, server, error in
+        cache = ChunkCache(pool: pool, rangePool: rangePool, bytesMax: options.chunkCacheBytes,
+                           prefetchesInflightMax: max(1, options.readaheadChunks)) { id, server, error in
             // A missing or corrupt replica is skipped (the next one serves) and reported.
             logger.warning("bad chunk replica skipped", metadata: ["chunk": "\(id.hex)", "server": "\(server)", "error": "\(error)"])
             Task { try? await client.reportBadReplica(chunk: id, server: server, reason: "\(error)") }

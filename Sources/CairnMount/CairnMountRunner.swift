@@ -32,25 +32,28 @@ public enum CairnMountRunner {
         try await MetaClient.with(servers: metaServers) { client in
             let map = try await ClusterMap(client: client, replicas: options.replicas, logger: logger)
             let session = try await MetaSession.open(client, ttl: options.sessionTTL)
-            // The chunk connections on one event loop of their own, where reads also run: a read
-            // that fetches a range sends, receives and answers there without a thread hand-off.
-            let chunkLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-            defer { chunkLoop.shutdownGracefully { _ in } }
-            try await ChunkserverPool.withPool(eventLoopGroup: chunkLoop, logger: logger) { pool in
-                let fileSystem = CairnFileSystem(session: session, map: map, pool: pool, options: options,
-                                                 attributeTimeout: .milliseconds(Int64(fuse.attributeTimeout * 1000)),
-                                                 readExecutor: EventLoopTaskExecutor(chunkLoop.next()), logger: logger)
-                let mount = try FuseMount(mountpoint: mountpoint, options: fuse, fileSystem: fileSystem, logger: logger)
-                let group = ServiceGroup(configuration: .init(
-                    services: [.init(service: mount, successTerminationBehavior: .gracefullyShutdownGroup),
-                               .init(service: map), .init(service: SessionKeeper(session: session, logger: logger))],
-                    gracefulShutdownSignals: shutdownSignals, logger: logger))
-                try await withThrowingTaskGroup(of: Void.self) { tasks in
-                    tasks.addTask { try await group.run() }
-                    tasks.addTask {
-                        if await mount.waitUntilMounted() { onMounted() }
+            // Range reads get connections on an event loop of their own, where small reads also
+            // run: a random read's fetch is sent, received and answered there without a thread
+            // hand-off. Whole-chunk traffic (uploads, sequential reads) keeps the shared loops.
+            let rangeLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            defer { rangeLoop.shutdownGracefully { _ in } }
+            try await ChunkserverPool.withPool(logger: logger) { pool in
+                try await ChunkserverPool.withPool(eventLoopGroup: rangeLoop, logger: logger) { rangePool in
+                    let fileSystem = CairnFileSystem(session: session, map: map, pool: pool, rangePool: rangePool,
+                                                     smallReadExecutor: EventLoopTaskExecutor(rangeLoop.next()), options: options,
+                                                     attributeTimeout: .milliseconds(Int64(fuse.attributeTimeout * 1000)), logger: logger)
+                    let mount = try FuseMount(mountpoint: mountpoint, options: fuse, fileSystem: fileSystem, logger: logger)
+                    let group = ServiceGroup(configuration: .init(
+                        services: [.init(service: mount, successTerminationBehavior: .gracefullyShutdownGroup),
+                                   .init(service: map), .init(service: SessionKeeper(session: session, logger: logger))],
+                        gracefulShutdownSignals: shutdownSignals, logger: logger))
+                    try await withThrowingTaskGroup(of: Void.self) { tasks in
+                        tasks.addTask { try await group.run() }
+                        tasks.addTask {
+                            if await mount.waitUntilMounted() { onMounted() }
+                        }
+                        try await tasks.waitForAll()
                     }
-                    try await tasks.waitForAll()
                 }
             }
             await session.close()

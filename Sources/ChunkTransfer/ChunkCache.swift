@@ -45,14 +45,15 @@ public final class ChunkCache: Sendable {
         self.state = Mutex(State(cached: LeastRecentlyUsed(bytesMax: bytesMax)))
     }
 
-    /// A cache that fetches whole chunks and ranges through `pool`, reporting every failed
-    /// replica to `onBadReplica`.
-    public convenience init(pool: ChunkserverPool, bytesMax: Int, prefetchesInflightMax: Int = 4,
+    /// A cache that fetches whole chunks through `pool` and ranges through `rangePool` (or
+    /// `pool`), reporting every failed replica to `onBadReplica`.
+    public convenience init(pool: ChunkserverPool, rangePool: ChunkserverPool? = nil, bytesMax: Int, prefetchesInflightMax: Int = 4,
                             onBadReplica: @escaping @Sendable (ChunkID, HostPort, CairnError) -> Void = { _, _, _ in }) {
+        let rangePool = rangePool ?? pool
         self.init(bytesMax: bytesMax, prefetchesInflightMax: prefetchesInflightMax, fetch: { id, candidates throws(CairnError) in
             try await pool.fetch(id, candidates: candidates) { onBadReplica(id, $0, $1) }
         }, fetchRange: { id, offset, length, candidates throws(CairnError) in
-            try await pool.fetchRange(id, offset: offset, length: length, candidates: candidates) { onBadReplica(id, $0, $1) }
+            try await rangePool.fetchRange(id, offset: offset, length: length, candidates: candidates) { onBadReplica(id, $0, $1) }
         })
     }
 

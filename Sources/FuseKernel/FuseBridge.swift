@@ -54,8 +54,8 @@ final class FuseBridge: Sendable {
         case metadata
         /// The global pool: write, flush, release, fsync (they may hash or copy megabytes).
         case data
-        /// The file system's `readExecutor`.
-        case read
+        /// The file system's `readExecutor(size:)` for a read of this size.
+        case read(size: Int)
     }
 
     /// Answers `req` from a new task running `body`; everything `body` uses was copied already.
@@ -67,7 +67,7 @@ final class FuseBridge: Sendable {
         let executor: (any TaskExecutor)? = switch lane {
         case .metadata: fileSystem.metadataExecutor
         case .data: nil
-        case .read: fileSystem.readExecutor
+        case .read(let size): fileSystem.readExecutor(size: size)
         }
         Task(executorPreference: executor) { [self] in
             let reply: FuseReply

@@ -18,10 +18,11 @@ public protocol FuseFileSystem: Sendable {
     /// (`SharedEventLoop`) lets a lookup go from the kernel to the wire and back without a
     /// thread hand-off in between. nil: the global pool.
     var metadataExecutor: (any TaskExecutor)? { get }
-    /// Where the tasks answering reads run: the event loop of the connections the bytes come
-    /// from lets a read that goes to the network send and receive there and answer the kernel
-    /// without a thread hand-off. nil: the global pool (as for the other data requests).
-    var readExecutor: (any TaskExecutor)? { get }
+    /// Where the task answering a read of `size` bytes runs: the event loop of the connections
+    /// the bytes come from lets a read that goes to the network send and receive there and
+    /// answer the kernel without a thread hand-off. nil: the global pool (as for the other data
+    /// requests).
+    func readExecutor(size: Int) -> (any TaskExecutor)?
     /// The entry `name` in directory `parent`. Throws `ENOENT` if there is none.
     func lookup(parent: UInt64, name: FuseName, context: FuseRequestContext) async throws -> FuseEntry
     /// The kernel dropped `lookups` of its references to `node` (never throws; no reply).
@@ -93,7 +94,7 @@ public protocol FuseFileSystem: Sendable {
 
 extension FuseFileSystem {
     public var metadataExecutor: (any TaskExecutor)? { nil }
-    public var readExecutor: (any TaskExecutor)? { nil }
+    public func readExecutor(size: Int) -> (any TaskExecutor)? { nil }
     public func forget(node: UInt64, lookups: UInt64) async {}
     public func flush(node: UInt64, handle: UInt64, lockOwner: UInt64, context: FuseRequestContext) async throws {}
     public func opendir(node: UInt64, flags: Int32, context: FuseRequestContext) async throws -> FuseOpenedFile {

@@ -116,7 +116,7 @@ enum FuseOperations {
         }
         ops.read = { req, node, size, offset, fi in
             let handle = fi!.pointee.fh
-            FuseBridge.of(req).dispatch(req, "read", lane: .read) { fs, context in
+            FuseBridge.of(req).dispatch(req, "read", lane: .read(size: size)) { fs, context in
                 .bytes(try await fs.read(node: node, handle: handle, offset: Int64(offset), size: size, context: context))
             }
         }
