@@ -416,19 +416,13 @@ public final class ChunkStore: Sendable {
         -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks)? {
         guard nowaitReads.load(ordering: .relaxed), let open = openChunks.withLock({ $0.get(id) }),
               let end = try? Self.rangeEnd(offset: offset, length: length, size: open.size, id: id) else { return nil }
-        let blocks = open.sums.blocks(covering: offset..<end)
-        let start = blocks.lowerBound * open.sums.blockBytes
-        let stop = min(blocks.upperBound * open.sums.blockBytes, open.size)
-        let notCached = CairnError(.unavailable, "not in the page cache")
-        guard let out = try? output(stop - start, { (raw) throws(CairnError) in
+        return try? readCovering(open, offset: offset, end: end, into: output) { (raw, start, blocks) throws(CairnError) in
             let n = cairn_pread_nowait(open.fd.rawValue, raw.baseAddress, raw.count, Int64(start))
             if n < 0 && errno == EOPNOTSUPP { nowaitReads.store(false, ordering: .relaxed) }
             guard n == raw.count,
                   CRC32C.blocks(UnsafeRawBufferPointer(raw), blockBytes: open.sums.blockBytes) == Array(open.sums.checksums[blocks])
-            else { throw notCached }
-        }) else { return nil }
-        return (out, (offset - start)..<(end - start), open.size,
-                VerifiedBlocks(offset: start, blockBytes: open.sums.blockBytes, checksums: Array(open.sums.checksums[blocks])))
+            else { throw CairnError(.unavailable, "not in the page cache") }
+        }
     }
 
     /// The end of the range `offset`, `length` (nil: to the end) in a chunk of `size` bytes.
@@ -445,14 +439,30 @@ public final class ChunkStore: Sendable {
     private func readBlocks<Output>(_ open: OpenChunk, _ id: ChunkID, offset: Int, end: Int,
                                     into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output)
         throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks) {
+        try readCovering(open, offset: offset, end: end, into: output) { (raw, start, blocks) throws(CairnError) in
+            try preadFully(open.fd, into: raw, at: start, id: id)
+            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, against: open.sums, of: id)
+        }
+    }
+
+    /// The whole blocks of an open chunk that cover `offset..<end`, made by `output` and filled
+    /// by `fill(raw, start, blocks)` (the bytes from chunk offset `start`), which throws unless
+    /// they are read whole and check out; with where the range lies in them and their checksums.
+    private func readCovering<Output>(_ open: OpenChunk, offset: Int, end: Int,
+                                      into output: (_ byteCount: Int, _ fill: (UnsafeMutableRawBufferPointer) throws(CairnError) -> Void) throws(CairnError) -> Output,
+                                      fill: (UnsafeMutableRawBufferPointer, _ start: Int, _ blocks: Range<Int>) throws(CairnError) -> Void)
+        throws(CairnError) -> (output: Output, range: Range<Int>, chunkLength: Int, blocks: VerifiedBlocks) {
         let sums = open.sums
         let blocks = sums.blocks(covering: offset..<end)
         let start = blocks.lowerBound * sums.blockBytes
         let stop = min(blocks.upperBound * sums.blockBytes, open.size)
-        let out = try output(stop - start) { (raw) throws(CairnError) in
-            precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
-            try preadFully(open.fd, into: raw, at: start, id: id)
-            try checkBlocks(UnsafeRawBufferPointer(raw), blocks: blocks, against: sums, of: id)
+        // Both closures are non-escaping; the compiler cannot see that `output` does not call
+        // back into `fill` re-entrantly, so `fill` is lent as escaping for the call.
+        let out = try withoutActuallyEscaping(fill) { (fill) throws(CairnError) -> Output in
+            try output(stop - start) { (raw) throws(CairnError) in
+                precondition(raw.count == stop - start, "output must hand fill exactly the bytes asked for")
+                try fill(raw, start, blocks)
+            }
         }
         return (out, (offset - start)..<(end - start), open.size,
                 VerifiedBlocks(offset: start, blockBytes: sums.blockBytes, checksums: Array(sums.checksums[blocks])))

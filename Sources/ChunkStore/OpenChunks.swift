@@ -32,8 +32,6 @@ struct OpenChunks {
         self.limit = limit
     }
 
-    var count: Int { entries.count }
-
     mutating func get(_ id: ChunkID) -> OpenChunk? {
         guard let entry = entries[id] else { return nil }
         tick += 1

@@ -144,12 +144,10 @@ public final class ChunkserverPool: Sendable {
         defer { release(server, generation) }
         let timeout = timeout ?? configuration.requestTimeout
         let deadline = client.deadline(after: timeout)
+        defer { deadline.cancel() }
         do throws(CairnError) {
-            let value = try await body(client)
-            deadline.cancel()
-            return value
+            return try await body(client)
         } catch {
-            deadline.cancel()
             if deadline.hasExpired {
                 await drop(server, generation)
                 throw CairnError(.unavailable, "chunkserver \(server) did not answer within \(timeout)")

@@ -25,12 +25,11 @@ struct InvariantChecker {
     private var leaderLast: [NodeID: (term: UInt64, lastIndex: UInt64, lastTerm: UInt64)] = [:]
     /// Log matching: what every (index, term) ever written anywhere holds, and the term before it.
     private var entryFacts: [IndexTerm: EntryFact] = [:]
-    /// Committed term per index (0: not recorded), as first observed on any node.
-    private var committedTerms: [UInt64] = [0]
-    /// By index: the term an entry was committed in — the lowest term a node was in when it
-    /// first saw the index committed (the committing leader's; followers learn it in that term
-    /// or later). Leader completeness is owed only to leaders of later terms.
-    private var commitTerms: [UInt64] = [0]
+    /// By index: the committed entry's term (0: not recorded), as first observed on any node,
+    /// and the term it was committed in — the lowest term a node was in when it first saw the
+    /// index committed (the committing leader's; followers learn it in that term or later).
+    /// Leader completeness is owed only to leaders of later terms.
+    private var committed: [(term: UInt64, inTerm: UInt64)] = [(0, 0)]
     /// State machine safety: the entry applied at each index, and the state digest after it.
     private var appliedEntries: [UInt64: Entry] = [:]
     private var stateDigests: [UInt64: UInt64] = [:]
@@ -127,18 +126,14 @@ struct InvariantChecker {
         if s.commit >= from {
             for i in from...s.commit {
                 guard let t = n.raw.term(at: i) else { continue }
-                while committedTerms.count <= Int(i) {
-                    committedTerms.append(0)
-                    commitTerms.append(0)
-                }
-                let known = committedTerms[Int(i)]
+                while committed.count <= Int(i) { committed.append((0, 0)) }
+                let known = committed[Int(i)].term
                 if known == 0 {
-                    committedTerms[Int(i)] = t
-                    commitTerms[Int(i)] = s.term
+                    committed[Int(i)] = (t, s.term)
                 } else if known != t {
                     return fail("state machine safety", "node \(id) committed \(i)/\(t) but \(i)/\(known) was committed")
                 } else {
-                    commitTerms[Int(i)] = min(commitTerms[Int(i)], s.term)
+                    committed[Int(i)].inTerm = min(committed[Int(i)].inTerm, s.term)
                 }
             }
         }
@@ -156,13 +151,13 @@ struct InvariantChecker {
         // it cannot commit or serve anything, as every peer is past its term.)
         if leadersChecked.insert(IndexTerm(index: id, term: s.term)).inserted {
             let lo = max(s.firstIndex, 1)
-            let hi = UInt64(committedTerms.count - 1)
+            let hi = UInt64(committed.count - 1)
             if hi >= lo {
-                for i in lo...hi where committedTerms[Int(i)] != 0 && commitTerms[Int(i)] < s.term {
+                for i in lo...hi where committed[Int(i)].term != 0 && committed[Int(i)].inTerm < s.term {
                     let t = n.raw.term(at: i)
-                    if t != committedTerms[Int(i)] {
+                    if t != committed[Int(i)].term {
                         return fail("leader completeness", "leader \(id) of term \(s.term) has \(t.map(String.init) ?? "nothing") "
-                            + "at \(i), where term \(committedTerms[Int(i)]) was committed")
+                            + "at \(i), where term \(committed[Int(i)].term) was committed")
                     }
                 }
             }
