@@ -21,7 +21,8 @@ import Foundation
 /// `requestsPerConnectionMax` at once, with bounded buffering: when a connection has
 /// `connectionPartsBufferedMax` frame parts queued, the server stops reading from it, and a
 /// put holds at most `PutPipeline.partsInflightMax` more parts in its hashing and writing
-/// lanes. At most `transfersMax` puts and gets run at once across all connections.
+/// lanes (one of at most `wholePutBytesMax` is gathered whole and stored by one task). At most
+/// `transfersMax` puts and gets run at once across all connections.
 public final class ChunkServer: Service, Sendable {
     public let configuration: ChunkServerConfiguration
     public let store: ChunkStore
@@ -339,6 +340,20 @@ public final class ChunkServer: Service, Sendable {
         try await transfers.acquire()
         var permitHandedOn = false
         defer { if !permitHandedOn { transfers.release() } }
+        if length <= Self.wholePutBytesMax {
+            let body = try await gatherBody(length: length, parts: &parts)
+            permitHandedOn = true
+            let threadPool = self.threadPool, transfers = self.transfers, store = self.store
+            return {
+                defer { transfers.release() }
+                let outcome = try await threadPool.runIfActive {
+                    try typedCairnErrors { try body.withUnsafeReadableBytes { raw in try store.put(id: id, bytes: raw) } }
+                }
+                var response = ChunkResponse()
+                response.put.alreadyPresent = outcome == .alreadyPresent
+                return response
+            }
+        }
         let session: PutSession
         do {
             session = try await threadPool.runIfActive { [store] in try store.beginPut(id: id, length: length) }
@@ -386,6 +401,34 @@ public final class ChunkServer: Service, Sendable {
             response.put.alreadyPresent = outcome == .alreadyPresent
             return response
         }
+    }
+
+    /// A put body of at most this many bytes is gathered in memory and stored by one task on
+    /// the thread pool (create, hash, write, fsync, rename, directory fsync), instead of going
+    /// through the hashing and writing lanes part by part: a small chunk's put then crosses
+    /// between the event loop and the pool once, not three times. At most `transfersMax` such
+    /// bodies are held at once.
+    public static let wholePutBytesMax = 256 << 10
+
+    /// Reads a put's whole body (exactly `length` bytes, ended by the frame's end).
+    private func gatherBody(length: Int, parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws -> ByteBuffer {
+        var body: ByteBuffer?
+        while let part = try await parts.next() {
+            switch part {
+            case .body(var bytes):
+                if body == nil, bytes.readableBytes == length {
+                    body = bytes
+                } else {
+                    if body == nil { body = ByteBuffer(); body!.reserveCapacity(length) }
+                    body!.writeBuffer(&bytes)
+                }
+            case .end:
+                return body ?? ByteBuffer()
+            case .head:
+                preconditionFailure("frame decoder yielded a head inside a frame")
+            }
+        }
+        throw CairnError(.protocolViolation, "connection closed in the middle of a put")
     }
 
     private func handleControl(_ request: ChunkRequest) async throws -> Reply {

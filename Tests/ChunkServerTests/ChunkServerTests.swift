@@ -151,12 +151,15 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         }
     }
 
-    @Test func wrongHashIsRefusedAndTheConnectionGoesOn() async throws {
+    /// Both ways a put is stored: gathered whole (at most `wholePutBytesMax`) or streamed through the lanes.
+    static let putSizes = [100_000, ChunkServer.wholePutBytesMax, ChunkServer.wholePutBytesMax + 1, 1 << 20]
+
+    @Test(arguments: putSizes) func wrongHashIsRefusedAndTheConnectionGoesOn(size: Int) async throws {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
             let client = try await ChunkClient.connect(to: address)
-            let (id, _) = testChunk(100_000, seed: 3)
-            let (_, otherBytes) = testChunk(100_000, seed: 4)
+            let (id, _) = testChunk(size, seed: 3)
+            let (_, otherBytes) = testChunk(size, seed: 4)
             #expect(await errorCode { try await client.put(id, bytes: otherBytes) } == .hashMismatch)
             #expect(try await client.has([id, SHA256.hash(Array(otherBytes.readableBytesView))]) == [false, false])
             #expect(dir.entries("tmp").isEmpty)
@@ -236,10 +239,10 @@ func firstResponse(_ bytes: [UInt8]) throws -> ChunkResponse? {
         }
     }
 
-    @Test func aConnectionDroppedHalfWayThroughAChunkStoresNothing() async throws {
+    @Test(arguments: [100_000, 2 << 20]) func aConnectionDroppedHalfWayThroughAChunkStoresNothing(size: Int) async throws {
         let dir = TestDirectory("server")
         try await withChunkServer(directory: dir.path) { _, address in
-            let (id, bytes) = testChunk(2 << 20, seed: 7)
+            let (id, bytes) = testChunk(size, seed: 7)
             var put = ChunkRequest()
             put.put.id = id.field
             let whole = try requestFrame(put, body: Array(bytes.readableBytesView))
