@@ -11,12 +11,11 @@ public final class MetaSession: Sendable {
     public let client: MetaClient
     public let id: SessionID
     public let ttl: Duration
-    private let nextSequence = Atomic<UInt64>(1)
-    /// Mutations in flight at once: well inside the state machine's per-session window of
-    /// remembered replies (`MetaLimits.dedupRepliesPerSessionMax`), so any retry still finds
-    /// its first answer.
-    private let mutations: AsyncSemaphore
-    public static let mutationsInflightMax = 64
+    /// Sequence numbers of mutations, never `mutationsInflightMax` or more past the oldest
+    /// unanswered one: half the state machine's remembered replies per session
+    /// (`MetaLimits.dedupRepliesPerSessionMax`), so any retry finds its first answer or applies.
+    private let sequences: SequenceWindow
+    public static let mutationsInflightMax = MetaLimits().dedupRepliesPerSessionMax / 2
     /// Handles waiting to be closed, whether a `closeHandles` is on its way, and who waits
     /// for all of them to be done.
     private struct PendingCloses {
@@ -30,7 +29,7 @@ public final class MetaSession: Sendable {
         self.client = client
         self.id = id
         self.ttl = ttl
-        mutations = AsyncSemaphore(limit: Self.mutationsInflightMax)
+        sequences = SequenceWindow(width: Self.mutationsInflightMax)
     }
 
     /// Registers a new session.
@@ -55,13 +54,13 @@ public final class MetaSession: Sendable {
         guard operation.isMutation else {
             return (try await client.execute(MetaCommand(session: id, credentials: credentials, now: .zero, operation: operation)), [])
         }
+        let sequence: UInt64
         do {
-            try await mutations.acquire()
+            sequence = try await sequences.begin()
         } catch {
             throw CairnError(.unavailable, "cancelled while waiting to send a mutation", cause: error)
         }
-        defer { mutations.release() }
-        let sequence = nextSequence.add(1, ordering: .relaxed).oldValue
+        defer { sequences.end(sequence) }
         return try await client.executeReportingDirectories(MetaCommand(session: id, sequence: sequence, credentials: credentials,
                                                                         now: .zero, operation: operation))
     }
