@@ -21,7 +21,7 @@ final class FuseBridge: Sendable {
         self.options = options
         self.logger = logger
         self.defaults = FuseReplyDefaults(entryTimeout: options.entryTimeout, attributeTimeout: options.attributeTimeout,
-                                          directIO: options.directIO)
+                                          negativeTimeout: options.negativeTimeout, directIO: options.directIO)
     }
 
     /// Requests handed to a task and not yet answered.

@@ -35,6 +35,13 @@ public final class FuseMount: Service, Sendable {
         /// Seconds the kernel caches name → node bindings and attributes, unless an entry says otherwise.
         public var entryTimeout = 1.0
         public var attributeTimeout = 1.0
+        /// Seconds the kernel remembers that a name does not exist (`negative_timeout=`): a lookup
+        /// that finds nothing is answered with an empty entry that the kernel caches, so the next
+        /// lookups of that name (a build's include-path search, an `lstat` before a create) do not
+        /// reach the file system, and a create of it goes straight to `create`. The price: a name
+        /// another client creates stays invisible here for up to this long. 0 (the default): the
+        /// kernel caches no missing names.
+        public var negativeTimeout = 0.0
         /// Bypass the page cache for every opened file (reads and writes go straight to the file system).
         public var directIO = false
         /// Let the kernel cache writes (`FUSE_CAP_WRITEBACK_CACHE`); off keeps close-to-open consistency.
@@ -67,6 +74,7 @@ public final class FuseMount: Service, Sendable {
                       "subtype must be non-empty without commas, got '\(subtype)'")
             try check(entryTimeout >= 0 && entryTimeout.isFinite, "entryTimeout must be a non-negative number of seconds")
             try check(attributeTimeout >= 0 && attributeTimeout.isFinite, "attributeTimeout must be a non-negative number of seconds")
+            try check(negativeTimeout >= 0 && negativeTimeout.isFinite, "negativeTimeout must be a non-negative number of seconds")
             try check((4096...(1 << 20)).contains(writeBytesMax), "writeBytesMax must be within 4 KiB...1 MiB, got \(writeBytesMax)")
             try check((1...1024).contains(threadsMax), "threadsMax must be within 1...1024, got \(threadsMax)")
             try check((0...threadsMax).contains(idleThreadsMax), "idleThreadsMax must be within 0...threadsMax")

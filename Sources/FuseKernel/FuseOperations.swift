@@ -17,8 +17,14 @@ enum FuseOperations {
         }
         ops.lookup = { req, parent, name in
             let name = FuseName(name!)
-            FuseBridge.of(req).dispatch(req, "lookup") { fs, context in
-                .entry(try await fs.lookup(parent: parent, name: name, context: context))
+            let bridge = FuseBridge.of(req)
+            let remembersMissing = bridge.options.negativeTimeout > 0
+            bridge.dispatch(req, "lookup") { fs, context in
+                do {
+                    return .entry(try await fs.lookup(parent: parent, name: name, context: context))
+                } catch where remembersMissing && FuseErrorMapping.errno(for: error) == ENOENT {
+                    return .missingEntry
+                }
             }
         }
         ops.forget = { req, node, lookups in

@@ -20,6 +20,8 @@ enum FuseReply: Sendable {
     case none
     /// `fuse_reply_entry`.
     case entry(FuseEntry)
+    /// `fuse_reply_entry` of node 0: a lookup found no such name (kept `negativeTimeout` seconds).
+    case missingEntry
     /// `fuse_reply_create`.
     case create(FuseEntry, FuseOpenedFile)
     /// `fuse_reply_attr`.
@@ -46,6 +48,7 @@ enum FuseReply: Sendable {
 struct FuseReplyDefaults: Sendable {
     var entryTimeout: Double
     var attributeTimeout: Double
+    var negativeTimeout: Double
     var directIO: Bool
 }
 
@@ -64,6 +67,11 @@ extension FuseReply {
             fuse_reply_none(req)
         case .entry(let entry):
             var parameter = entry.entryParameter(defaults)
+            fuse_reply_entry(req, &parameter)
+        case .missingEntry:
+            // Node 0: the name does not exist, and the kernel may remember that for entry_timeout.
+            var parameter = fuse_entry_param()
+            parameter.entry_timeout = defaults.negativeTimeout
             fuse_reply_entry(req, &parameter)
         case .create(let entry, let file):
             var parameter = entry.entryParameter(defaults)

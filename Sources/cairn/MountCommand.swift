@@ -13,7 +13,8 @@ struct MountCommand: AsyncParsableCommand {
         abstract: "Mount a Cairn cluster at a directory (FUSE).",
         discussion: """
         Options (-o, comma-separated): allow_other, ro, rw, default_permissions (always on), direct_io, \
-        attr_timeout=SECONDS, entry_timeout=SECONDS, cache_size=BYTES (chunk cache, e.g. 512M), replicas=R (default 3), \
+        attr_timeout=SECONDS, entry_timeout=SECONDS, negative_timeout=SECONDS (how long a missing name is remembered; \
+        default 0), cache_size=BYTES (chunk cache, e.g. 512M), replicas=R (default 3), \
         fsname=NAME. Options mount(8) passes (defaults, _netdev, nofail, auto, noauto, user, nouser, suid, nosuid, dev, \
         nodev, exec, noexec, async, atime, noatime, relatime) are accepted and ignored.
         Without --foreground the mount runs in the background (logging to --log-file) once it is mounted.
@@ -100,6 +101,7 @@ enum MountOptionsParser {
             case "direct_io": fuse.directIO = true
             case "attr_timeout": fuse.attributeTimeout = try number()
             case "entry_timeout": fuse.entryTimeout = try number()
+            case "negative_timeout": fuse.negativeTimeout = try number()
             case "fsname":
                 guard let value, !value.isEmpty else { throw ValidationError("fsname needs a value") }
                 fuse.fileSystemName = value

@@ -33,6 +33,31 @@ struct PassthroughDifferentialTests {
         }
     }
 
+    /// With `negativeTimeout`, the kernel answers later lookups of a missing name itself: a
+    /// file that appears behind the mount's back (another client's create) stays missing here
+    /// until the timeout, while the mount's own create of such a name is seen at once.
+    @Test(arguments: [0.0, 60.0]) func aMissingNameIsRememberedForTheNegativeTimeout(seconds: Double) async throws {
+        var options = FuseMount.Options()
+        options.negativeTimeout = seconds
+        try await withPassthroughMount(options) { source, mountpoint, _ in
+            let results = try await offPool { () -> [Int32] in
+                func statErrno(_ path: String) -> Int32 {
+                    var st = stat()
+                    return stat(path, &st) == 0 ? 0 : errno
+                }
+                let before = statErrno(mountpoint + "/later")
+                close(open(source + "/later", O_CREAT | O_WRONLY, 0o644))
+                let afterOutsideCreate = statErrno(mountpoint + "/later")
+                let mineBefore = statErrno(mountpoint + "/mine")
+                let created = open(mountpoint + "/mine", O_CREAT | O_EXCL | O_WRONLY, 0o644)
+                let createErrno = created < 0 ? errno : 0
+                close(created)
+                return [before, afterOutsideCreate, mineBefore, createErrno, statErrno(mountpoint + "/mine"), statErrno(source + "/mine")]
+            }
+            #expect(results == [ENOENT, seconds > 0 ? ENOENT : 0, ENOENT, 0, 0, 0])
+        }
+    }
+
     @Test func aMissingFileIsENOENTAndStatMatchesTheSource() async throws {
         try await withPassthroughMount { source, mountpoint, _ in
             let (openErrno, sizes) = try await offPool { () -> (Int32, [Int]) in
