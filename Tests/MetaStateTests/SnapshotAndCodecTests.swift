@@ -326,4 +326,32 @@ struct CommandTests {
         // Reads are never remembered; an unknown session is stale.
         #expect(machine.apply(MetaCommand(session: 999, sequence: 1, now: Self.now, operation: .mkdir(parent: 1, name: [0x78], mode: 0))) == .failure(.ESTALE))
     }
+
+    /// A mutation held up (retried through an election) while later ones of its session are
+    /// applied: overtaken by fewer than the client's window (`MetaSession.mutationsInflightMax`,
+    /// half the remembered replies), it still applies, once; overtaken by more than the state
+    /// machine remembers, it is refused though it never applied — what the client's window
+    /// prevents.
+    @Test(arguments: [(63, true), (200, false)]) func aMutationOvertakenByLaterOnesOfItsSession(overtaking: Int, applies: Bool) throws {
+        let machine = MetaStateMachine()
+        guard case .session(let s) = machine.apply(MetaCommand(now: Self.now, operation: .openSession(ttlNanoseconds: 1 << 40))) else {
+            Issue.record("no session")
+            return
+        }
+        for seq in 2...UInt64(1 + overtaking) {
+            _ = machine.apply(MetaCommand(session: s, sequence: seq, now: Self.now,
+                                          operation: .mkdir(parent: 1, name: Array("later\(seq)".utf8), mode: 0o755)))
+        }
+        let stalled = MetaCommand(session: s, sequence: 1, now: Self.now, operation: .mkdir(parent: 1, name: Array("stalled".utf8), mode: 0o755))
+        let reply = machine.apply(stalled)
+        if applies {
+            guard case .attributes = reply else {
+                Issue.record("the overtaken mkdir did not apply: \(reply)")
+                return
+            }
+            #expect(machine.apply(stalled) == reply, "its retry gets the same reply")
+        } else {
+            #expect(reply == .failure(.ESTALE))
+        }
+    }
 }
