@@ -298,8 +298,9 @@ public final class ChunkServer: Service, Sendable {
         }
     }
 
-    /// Reads the rest of one request's frame (a put's body goes to disk as it arrives) and
-    /// returns the work that answers it, to run beside the next requests.
+    /// Reads the rest of one request's frame (a large put's body goes to disk as it arrives, a
+    /// small one's is gathered) and returns the work that answers it, to run beside the next
+    /// requests.
     private func receive(preamble: FramePreamble, header: ByteBuffer,
                          parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async -> Answer {
         do {
@@ -325,9 +326,11 @@ public final class ChunkServer: Service, Sendable {
         }
     }
 
-    /// Receives a put's body (hashed and written as it arrives) and returns its commit: the
-    /// check of the hash, fsync, rename and directory fsync, which holds no buffer and runs
-    /// beside the connection's next requests. The transfer permit is held until it is done.
+    /// Receives a put's body and returns its commit, which runs beside the connection's next
+    /// requests; the transfer permit is held until it is done. A body larger than
+    /// `wholePutBytesMax` is hashed and written as it arrives, and its commit (the check of the
+    /// hash, fsync, rename and directory fsync) holds no buffer; a smaller one is gathered and
+    /// stored whole by its commit.
     private func put(_ request: Cairn_Chunk_V1_PutRequest, length: Int,
                      parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws -> @Sendable () async throws -> ChunkResponse {
         let id: ChunkID
@@ -406,24 +409,22 @@ public final class ChunkServer: Service, Sendable {
     /// A put body of at most this many bytes is gathered in memory and stored by one task on
     /// the thread pool (create, hash, write, fsync, rename, directory fsync), instead of going
     /// through the hashing and writing lanes part by part: a small chunk's put then crosses
-    /// between the event loop and the pool once, not three times. At most `transfersMax` such
-    /// bodies are held at once.
+    /// between the event loop and the pool once, not three times. Each is copied into a buffer
+    /// of its own size (a part is a slice of a receive buffer of up to
+    /// `FrameDecoder.bodyPartBytesMax`, which it would otherwise keep alive), so at most
+    /// `transfersMax` × `wholePutBytesMax` bytes are held.
     public static let wholePutBytesMax = 256 << 10
 
     /// Reads a put's whole body (exactly `length` bytes, ended by the frame's end).
     private func gatherBody(length: Int, parts: inout NIOAsyncChannelInboundStream<FramePart>.AsyncIterator) async throws -> ByteBuffer {
-        var body: ByteBuffer?
+        var body = ByteBuffer()
+        body.reserveCapacity(length)
         while let part = try await parts.next() {
             switch part {
             case .body(var bytes):
-                if body == nil, bytes.readableBytes == length {
-                    body = bytes
-                } else {
-                    if body == nil { body = ByteBuffer(); body!.reserveCapacity(length) }
-                    body!.writeBuffer(&bytes)
-                }
+                body.writeBuffer(&bytes)
             case .end:
-                return body ?? ByteBuffer()
+                return body
             case .head:
                 preconditionFailure("frame decoder yielded a head inside a frame")
             }

@@ -38,9 +38,11 @@ public final class FuseMount: Service, Sendable {
         /// Seconds the kernel remembers that a name does not exist (`negative_timeout=`): a lookup
         /// that finds nothing is answered with an empty entry that the kernel caches, so the next
         /// lookups of that name (a build's include-path search, an `lstat` before a create) do not
-        /// reach the file system, and a create of it goes straight to `create`. The price: a name
-        /// another client creates stays invisible here for up to this long. 0 (the default): the
-        /// kernel caches no missing names.
+        /// reach the file system, and a create of it without O_EXCL goes straight to `create`
+        /// (exclusive creates, mkdir, link, symlink and rename targets look the name up again).
+        /// The price: a name another client creates stays invisible here for up to this long, and
+        /// so does one whose create on this mount failed with EIO although the service applied it
+        /// (a reply lost in an election). 0 (the default): the kernel caches no missing names.
         public var negativeTimeout = 0.0
         /// Bypass the page cache for every opened file (reads and writes go straight to the file system).
         public var directIO = false

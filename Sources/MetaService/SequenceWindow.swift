@@ -61,9 +61,12 @@ final class SequenceWindow: Sendable {
     }
 
     /// The mutation of `sequence` is answered (or given up): the window may move past it.
+    /// Waiters wake only when it does (`sequence` was the oldest unanswered one).
     func end(_ sequence: UInt64) {
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            let wasOldest = s.unanswered.min() == sequence
             s.unanswered.remove(sequence)
+            guard wasOldest else { return [] }
             defer { s.waiters = [:] }
             return Array(s.waiters.values)
         }

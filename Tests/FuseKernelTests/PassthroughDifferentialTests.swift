@@ -52,9 +52,21 @@ struct PassthroughDifferentialTests {
                 let created = open(mountpoint + "/mine", O_CREAT | O_EXCL | O_WRONLY, 0o644)
                 let createErrno = created < 0 ? errno : 0
                 close(created)
-                return [before, afterOutsideCreate, mineBefore, createErrno, statErrno(mountpoint + "/mine"), statErrno(source + "/mine")]
+                // O_CREAT without O_EXCL on a remembered-missing name goes straight to CREATE: the
+                // file system opens the file that appeared meanwhile (keeping its bytes), no EEXIST.
+                let appearedBefore = statErrno(mountpoint + "/appeared")
+                let outside = open(source + "/appeared", O_CREAT | O_WRONLY, 0o644)
+                _ = write(outside, "abc", 3)
+                close(outside)
+                let opened = open(mountpoint + "/appeared", O_CREAT | O_WRONLY, 0o644)
+                let openErrno = opened < 0 ? errno : 0
+                close(opened)
+                var appeared = stat()
+                let sizeAfter = stat(mountpoint + "/appeared", &appeared) == 0 ? Int32(appeared.st_size) : -1
+                return [before, afterOutsideCreate, mineBefore, createErrno, statErrno(mountpoint + "/mine"), statErrno(source + "/mine"),
+                        appearedBefore, openErrno, sizeAfter]
             }
-            #expect(results == [ENOENT, seconds > 0 ? ENOENT : 0, ENOENT, 0, 0, 0])
+            #expect(results == [ENOENT, seconds > 0 ? ENOENT : 0, ENOENT, 0, 0, 0, ENOENT, 0, 3])
         }
     }
 
