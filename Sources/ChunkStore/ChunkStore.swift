@@ -74,14 +74,22 @@ public final class ChunkStore: Sendable {
         /// Chunks kept open after a range read (one descriptor each), for the next range reads
         /// of them (`readIfCached`); 0 keeps none.
         public var openChunksMax: Int
+        /// Write chunk files with O_DIRECT where the file system allows it (not tmpfs): the bytes
+        /// go from an aligned staging buffer to the device instead of through the page cache,
+        /// and the commit's fdatasync has only the device cache and the metadata left to flush.
+        /// Measured here, 128 files of 4 MiB written in 1 MiB pieces, each with fdatasync and a
+        /// directory fsync: page cache 333-498 MB/s at 1.6-2.7 CPU seconds per GiB (most of it
+        /// the kernel's copy into new page-cache pages), O_DIRECT 1,763-1,917 MB/s at 0.1.
+        public var directWrites: Bool
 
         public init(directory: FilePath, limits: ChunkLimits = ChunkLimits(), reserveBytes: Int64 = 256 << 20,
-                    syncWrites: Bool = true, openChunksMax: Int = 128) {
+                    syncWrites: Bool = true, openChunksMax: Int = 128, directWrites: Bool = true) {
             self.directory = directory
             self.limits = limits
             self.reserveBytes = reserveBytes
             self.syncWrites = syncWrites
             self.openChunksMax = openChunksMax
+            self.directWrites = directWrites
         }
     }
 
@@ -93,6 +101,12 @@ public final class ChunkStore: Sendable {
     private let openChunks: Mutex<OpenChunks>
     /// Cleared if the file system refuses RWF_NOWAIT reads: `readIfCached` then always declines.
     private let nowaitReads = Atomic<Bool>(true)
+    /// Cleared if the file system refuses O_DIRECT: puts then write through the page cache.
+    private let directCreates = Atomic<Bool>(true)
+
+    /// Whether puts write chunk files with O_DIRECT (`directWrites`, and the file system has
+    /// not refused it).
+    public var writesDirectly: Bool { configuration.directWrites && directCreates.load(ordering: .relaxed) }
 
     struct Counters {
         var chunkCount: Int64 = 0
@@ -238,6 +252,16 @@ public final class ChunkStore: Sendable {
         try reserveSpace(length)
         let tempPath = paths.tmp.appending("\(id.hex).\(getpid()).\(tempSequence.add(1, ordering: .relaxed).newValue)")
         do {
+            if configuration.directWrites && directCreates.load(ordering: .relaxed) {
+                let fd = tempPath.withPlatformString { cairn_create_direct($0, 0o644) }
+                if fd >= 0 { return PutSession(store: self, id: id, length: length, temp: (FileDescriptor(rawValue: fd), tempPath), direct: true) }
+                let error = Errno(rawValue: errno)
+                guard error == .invalidArgument else { throw error }
+                // This file system takes no O_DIRECT (the file may have been created before the refusal).
+                directCreates.store(false, ordering: .relaxed)
+                _ = try? FileSystemCalls.unlink(tempPath)
+                logger.info("the chunk directory's file system refuses O_DIRECT; chunks are written through the page cache")
+            }
             let fd = try FileDescriptor.open(tempPath, .writeOnly, options: [.create, .exclusiveCreate, .truncate],
                                              permissions: [.ownerReadWrite, .groupRead, .otherRead])
             return PutSession(store: self, id: id, length: length, temp: (fd, tempPath))

@@ -26,17 +26,36 @@ public final class PutSession: @unchecked Sendable {
     private var checksums: BlockChecksums.Builder
     private var writtenBytes = 0
     private var finished = false
+    /// With an O_DIRECT temp file: bytes wait here, aligned, until a whole buffer (or, at the
+    /// commit, the rest padded to whole blocks) goes to the device; nil writes through the page cache.
+    private var staging: UnsafeMutableRawBufferPointer?
+    private var stagedBytes = 0
+    /// Where the next direct write starts in the temp file (a multiple of the buffer's size).
+    private var directOffset = 0
+    /// Alignment of direct writes' buffers, offsets and lengths (covers 512 B and 4 KiB devices).
+    static let directBlockBytes = 4096
+    /// Size of the staging buffer at most (a chunk smaller than this gets one of its own size).
+    static let stagingBytesMax = 1 << 20
 
     /// `temp` nil means the chunk is already stored: bytes are still checked, not written.
-    init(store: ChunkStore, id: ChunkID, length: Int, temp: (FileDescriptor, FilePath)?) {
+    /// `direct`: `temp` was opened with O_DIRECT.
+    init(store: ChunkStore, id: ChunkID, length: Int, temp: (FileDescriptor, FilePath)?, direct: Bool = false) {
         self.store = store
         self.id = id
         self.length = length
         self.temp = temp.map { (fd: $0.0, path: $0.1) }
         self.checksums = BlockChecksums.Builder(blockBytes: store.configuration.limits.checksumBlockBytes)
+        if direct && temp != nil {
+            let block = Self.directBlockBytes
+            let size = min(Self.stagingBytesMax, max(block, (length + block - 1) / block * block))
+            staging = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: block)
+        }
     }
 
-    deinit { abort() }
+    deinit {
+        abort()
+        staging?.deallocate()
+    }
 
     /// Hashes and writes the next bytes of the chunk.
     ///
@@ -81,10 +100,35 @@ public final class PutSession: @unchecked Sendable {
         writtenBytes += bytes.count
         guard let temp else { return }
         do {
-            _ = try temp.fd.writeAll(bytes)
+            guard let staging else {
+                _ = try temp.fd.writeAll(bytes)
+                return
+            }
+            var rest = bytes
+            while !rest.isEmpty {
+                let count = min(rest.count, staging.count - stagedBytes)
+                UnsafeMutableRawBufferPointer(rebasing: staging[stagedBytes..<(stagedBytes + count)])
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: rest[..<count]))
+                stagedBytes += count
+                rest = UnsafeRawBufferPointer(rebasing: rest[count...])
+                if stagedBytes == staging.count { try writeStaged(temp.fd) }
+            }
         } catch {
             throw ChunkStore.writeError("cannot write chunk \(id)", error)
         }
+    }
+
+    /// Writes the staging buffer's bytes to the device at `directOffset`, padded with zeros to
+    /// whole blocks (the commit cuts the file back to the chunk's length).
+    private func writeStaged(_ fd: FileDescriptor) throws {
+        guard let staging, stagedBytes > 0 else { return }
+        let block = Self.directBlockBytes
+        let padded = (stagedBytes + block - 1) / block * block
+        UnsafeMutableRawBufferPointer(rebasing: staging[stagedBytes..<padded]).initializeMemory(as: UInt8.self, repeating: 0)
+        // swift-system's writeAll hands the buffer's own memory to pwrite: its alignment holds.
+        _ = try fd.writeAll(toAbsoluteOffset: Int64(directOffset), UnsafeRawBufferPointer(rebasing: staging[..<padded]))
+        directOffset += padded
+        stagedBytes = 0
     }
 
     /// Starts the bytes written so far on their way to the disk (`fdatasync` of the temp file),
@@ -96,7 +140,8 @@ public final class PutSession: @unchecked Sendable {
     /// - Throws: `.insufficientSpace`; `.io`. The caller must then `abort()` (or drop) the session.
     public func syncWritten() throws(CairnError) {
         precondition(!finished, "sync after commit or abort")
-        guard store.configuration.syncWrites, let temp else { return }
+        // Direct writes leave nothing in the page cache to start early.
+        guard store.configuration.syncWrites, staging == nil, let temp else { return }
         do {
             try FileSystemCalls.fdatasync(temp.fd)
         } catch {
@@ -128,6 +173,11 @@ public final class PutSession: @unchecked Sendable {
             throw CairnError(.notFound, "chunk \(id) was deleted while being re-put; put it again")
         }
         do {
+            if staging != nil {
+                try writeStaged(temp.fd)
+                // The last block was padded: cut the file back to the chunk's length.
+                if directOffset != length { try temp.fd.resize(to: Int64(length)) }
+            }
             if store.configuration.syncWrites { try FileSystemCalls.fdatasync(temp.fd) }
             try temp.fd.close()
         } catch {

@@ -49,6 +49,12 @@ int cairn_renameat2(int olddirfd, const char *oldpath, int newdirfd, const char 
 /// file system does not support O_DIRECT, e.g. tmpfs).
 int cairn_open_direct_dsync(const char *path);
 
+/// open(2) creating a new file (O_CREAT | O_EXCL | O_TRUNC) for writing with O_DIRECT: writes
+/// bypass the page cache (buffer, offset and length aligned to the device's block size) and
+/// are made durable by a later fdatasync. Returns the descriptor, or -1 with errno set (EINVAL
+/// where the file system does not support O_DIRECT, e.g. tmpfs; the file may then exist).
+int cairn_create_direct(const char *path, unsigned int mode);
+
 /// preadv2(2) with RWF_NOWAIT: reads only what the page cache holds, never waiting for the
 /// disk. -1 with errno EAGAIN when the first byte is not cached (EOPNOTSUPP where the file
 /// system cannot); a short count when only the start of the range is.
