@@ -252,7 +252,7 @@ public final class ChunkStore: Sendable {
         try reserveSpace(length)
         let tempPath = paths.tmp.appending("\(id.hex).\(getpid()).\(tempSequence.add(1, ordering: .relaxed).newValue)")
         do {
-            if configuration.directWrites && directCreates.load(ordering: .relaxed) {
+            if writesDirectly {
                 let fd = tempPath.withPlatformString { cairn_create_direct($0, 0o644) }
                 if fd >= 0 { return PutSession(store: self, id: id, length: length, temp: (FileDescriptor(rawValue: fd), tempPath), direct: true) }
                 let error = Errno(rawValue: errno)

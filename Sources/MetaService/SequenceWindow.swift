@@ -16,8 +16,6 @@ import Synchronization
 ///
 /// The window also bounds the mutations in flight: at most `width` at once.
 final class SequenceWindow: Sendable {
-    let width: UInt64
-
     private struct State {
         var next: UInt64 = 1
         /// Issued and not yet ended (at most `width`).
@@ -26,6 +24,7 @@ final class SequenceWindow: Sendable {
         var waiters: [UInt64: CheckedContinuation<Void, Never>] = [:]
         var nextTicket: UInt64 = 0
 
+        /// How far past the oldest unanswered sequence none is issued.
         let width: UInt64
 
         /// Whether `next` may be issued: it stays less than `width` past the oldest unanswered.
@@ -39,7 +38,6 @@ final class SequenceWindow: Sendable {
 
     init(width: Int) {
         precondition(width >= 1, "a sequence window holds at least one sequence")
-        self.width = UInt64(width)
         state = Mutex(State(width: UInt64(width)))
     }
 
